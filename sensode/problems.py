@@ -1,0 +1,113 @@
+"""Problem definitions: what to solve, never how.
+
+A problem keeps the caller's inputs as given (`f`, `u0`, `tspan`, `p`); the
+checks that need the solver's options (dtypes against tolerances, save times)
+happen in the entry points, which convert inputs to tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import tensorflow as tf
+
+__all__ = ["ODEProblem", "NonlinearProblem", "SteadyStateProblem", "check_u0"]
+
+
+def _check_callable(f, name: str, signature: str):
+    if not callable(f):
+        raise TypeError(f"`{name}` must be callable as {signature}, got {type(f).__name__}")
+
+
+def check_u0(u0):
+    """Convert `u0` to a floating tensor, raising with the argument's name."""
+    if isinstance(u0, tf.Variable):
+        u0 = tf.convert_to_tensor(u0)
+    try:
+        t = tf.convert_to_tensor(u0)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`u0` must be a floating tensor, got {type(u0).__name__}: {e}") from None
+    if not t.dtype.is_floating:
+        raise TypeError(
+            f"`u0` must have a floating dtype (float32 or float64), got {t.dtype.name}; "
+            "write e.g. `tf.constant([1.0, 2.0])`"
+        )
+    return t
+
+
+class ODEProblem:
+    """An initial value problem ``du/dt = f(t, u, p)``, ``u(t0) = u0``.
+
+    Args:
+      f: callable ``f(t, u, p) -> du/dt`` with the shape and dtype of ``u``.
+        ``t`` is a scalar tensor, ``u`` a tensor shaped like ``u0``.
+      u0: floating tensor of any shape ``[*batch, *state]``; leading dimensions
+        are treated as part of the state (one shared step size).
+      tspan: ``(t0, t1)``; ``t1 < t0`` integrates backwards in time.
+      p: ``None``, a tensor, or a nest (dict / list / tuple) of tensors, passed
+        to ``f`` unchanged. Gradients flow to it explicitly, never through
+        tensors that ``f`` closes over.
+
+    The inputs are kept as attributes ``f``, ``u0``, ``tspan``, ``p``.
+    """
+
+    def __init__(self, f: Callable, u0: Any, tspan, p: Any = None):
+        _check_callable(f, "f", "f(t, u, p)")
+        self.f = f
+        self.u0 = check_u0(u0)
+        if not isinstance(tspan, (tuple, list)) and not (tf.is_tensor(tspan) and tspan.shape == (2,)):
+            raise TypeError(f"`tspan` must be a pair (t0, t1), got {tspan!r}")
+        if isinstance(tspan, (tuple, list)) and len(tspan) != 2:
+            raise ValueError(f"`tspan` must have exactly two entries (t0, t1), got {len(tspan)}")
+        self.tspan = tuple(tspan) if isinstance(tspan, (tuple, list)) else (tspan[0], tspan[1])
+        self.p = p
+
+    def remake(self, *, u0=None, tspan=None, p=None, f=None) -> "ODEProblem":
+        """A copy with some inputs replaced (as `remake` in SciML)."""
+        return ODEProblem(
+            f if f is not None else self.f,
+            u0 if u0 is not None else self.u0,
+            tspan if tspan is not None else self.tspan,
+            p if p is not None else self.p,
+        )
+
+    def __repr__(self) -> str:
+        return f"ODEProblem(u0 shape={tuple(self.u0.shape)}, dtype={self.u0.dtype.name}, tspan={self.tspan})"
+
+
+class NonlinearProblem:
+    """A nonlinear system ``f(u, p) = 0``.
+
+    Args:
+      f: residual ``f(u, p)`` with the shape and dtype of ``u``.
+      u0: initial guess, floating tensor ``[*batch, n]``.
+      p: ``None``, a tensor, or a nest of tensors.
+    """
+
+    def __init__(self, f: Callable, u0: Any, p: Any = None):
+        _check_callable(f, "f", "f(u, p)")
+        self.f = f
+        self.u0 = check_u0(u0)
+        self.p = p
+
+    def __repr__(self) -> str:
+        return f"NonlinearProblem(u0 shape={tuple(self.u0.shape)}, dtype={self.u0.dtype.name})"
+
+
+class SteadyStateProblem:
+    """The steady state ``f(t, u, p) = 0`` of an ODE right-hand side.
+
+    Args:
+      f: the same ``f(t, u, p)`` an `ODEProblem` takes.
+      u0: initial guess (and initial state for `DynamicSS`).
+      p: ``None``, a tensor, or a nest of tensors.
+    """
+
+    def __init__(self, f: Callable, u0: Any, p: Any = None):
+        _check_callable(f, "f", "f(t, u, p)")
+        self.f = f
+        self.u0 = check_u0(u0)
+        self.p = p
+
+    def __repr__(self) -> str:
+        return f"SteadyStateProblem(u0 shape={tuple(self.u0.shape)}, dtype={self.u0.dtype.name})"

@@ -1,0 +1,97 @@
+"""One generic explicit Runge--Kutta step and its dense output.
+
+States are *flat lists* of tensors (the loop flattens nests once), so the same
+code serves a single state tensor, the forward-sensitivity state and the
+augmented adjoint states. Tableau coefficients are Python floats: zero entries
+are skipped while tracing, so the graph holds exactly the work of the method.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import tensorflow as tf
+
+from .tableau import ButcherTableau
+
+__all__ = ["StepResult", "rk_step", "dense_stages", "dense_eval"]
+
+FlatFn = Callable[[tf.Tensor, list], list]
+
+
+def _combine(weights: Sequence[float], vectors: Sequence[list]):
+    """``sum_i w_i v_i`` leaf by leaf, skipping zero weights; ``None`` if all zero."""
+    out = None
+    for w, v in zip(weights, vectors):
+        if w == 0.0:
+            continue
+        term = [w * x for x in v]
+        out = term if out is None else [o + x for o, x in zip(out, term)]
+    return out
+
+
+def _axpy(y: list, h, incr: list | None) -> list:
+    if incr is None:
+        return list(y)
+    return [a + h * b for a, b in zip(y, incr)]
+
+
+class StepResult(NamedTuple):
+    y1: list
+    f_new: list
+    err: list | None
+    err_secondary: list | None
+    stages: list  # [k_1..k_s, f_new], each a flat list
+
+
+def rk_step(fn: FlatFn, tab: ButcherTableau, t, y0: list, f0: list, h) -> StepResult:
+    """Take one step of size ``h`` (signed) from ``(t, y0)`` with ``f0 = fn(t, y0)``.
+
+    Costs ``tab.stages`` evaluations of ``fn``: stages 2..s and ``f_new``.
+    """
+    ks = [f0]
+    for i in range(1, tab.stages):
+        yi = _axpy(y0, h, _combine(tab.a[i, :i], ks))
+        ks.append(fn(t + float(tab.c[i]) * h, yi))
+    y1 = _axpy(y0, h, _combine(tab.b, ks))
+    f_new = fn(t + h, y1)
+    stages = ks + [f_new]
+    err = err2 = None
+    if tab.b_err is not None:
+        e = _combine(tab.b_err, stages)
+        err = [h * x for x in e] if e is not None else [tf.zeros_like(x) for x in y0]
+    if tab.b_err_secondary is not None:
+        e = _combine(tab.b_err_secondary, stages)
+        err2 = [h * x for x in e]
+    return StepResult(y1, f_new, err, err2, stages)
+
+
+def dense_stages(fn: FlatFn, tab: ButcherTableau, t, y0: list, h, stages: list) -> list:
+    """Append the extra dense-output stages (if the tableau has any)."""
+    stages = list(stages)
+    for j in range(tab.extra_stages):
+        row = tab.extra_a[j, : len(stages)]
+        yj = _axpy(y0, h, _combine(row, stages))
+        stages.append(fn(t + float(tab.extra_c[j]) * h, yj))
+    return stages
+
+
+def dense_eval(tab: ButcherTableau, theta, y0: list, h, stages: list) -> list:
+    """Interpolate at fractions ``theta`` (``[T]``, in ``[0, 1]``) of the step.
+
+    Returns a flat list of ``[T, *leaf.shape]`` tensors:
+    ``y0 + h * sum_i w_i(theta) K_i``.
+    """
+    dtype = theta.dtype
+    deg = tab.dense_degree
+    powers = tf.stack([theta ** (j + 1) for j in range(deg)], axis=-1)  # [T, deg]
+    coef = tf.constant(tab.dense.T, dtype=dtype)  # [deg, n_ext]
+    w = tf.matmul(powers, coef)  # [T, n_ext]
+    out = []
+    for leaf, ks in zip(range(len(y0)), zip(*stages)):
+        k = tf.stack(ks, axis=0)  # [n_ext, *shape]
+        flat = tf.reshape(k, [tf.shape(k)[0], -1])
+        interp = tf.matmul(w, flat)  # [T, N]
+        interp = tf.reshape(interp, tf.concat([tf.shape(theta), tf.shape(y0[leaf])], 0))
+        out.append(y0[leaf][None] + h * interp)
+    return out

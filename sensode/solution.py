@@ -1,0 +1,111 @@
+"""Status codes, solver errors and the solution containers."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import tensorflow as tf
+
+__all__ = ["Status", "SolverError", "ODESolution", "status_message", "raise_if_failed"]
+
+
+class Status(enum.IntEnum):
+    """Integer status of a solve; ``SUCCESS == 0``.
+
+    Inside a graph nothing raises: the status travels as an ``int32`` tensor and
+    the eager entry points turn a non-zero status into a `SolverError`.
+    """
+
+    SUCCESS = 0
+    MAX_STEPS = 1
+    DT_MIN = 2
+    NONFINITE = 3
+    MAX_ITERS = 4
+    SINGULAR = 5
+
+
+_MESSAGES = {
+    Status.SUCCESS: "success",
+    Status.MAX_STEPS: "the step limit `max_steps` was reached before the end of the time span",
+    Status.DT_MIN: "the step size fell below the minimum `dtmin` (the problem may be stiff or singular)",
+    Status.NONFINITE: "non-finite values (NaN or Inf) appeared in the solution",
+    Status.MAX_ITERS: "no convergence within `max_iters` iterations",
+    Status.SINGULAR: "the Jacobian is singular (or the linear solve failed)",
+}
+
+
+def status_message(status) -> str:
+    """Readable message of a status code (a Python int or a concrete tensor)."""
+    code = int(status)
+    try:
+        return _MESSAGES[Status(code)]
+    except ValueError:
+        return f"unknown status {code}"
+
+
+class SolverError(RuntimeError):
+    """Raised in eager mode when a solve fails and ``throw=True``."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def raise_if_failed(status, what: str = "solve") -> None:
+    """Raise `SolverError` if ``status`` is concrete and non-zero.
+
+    Symbolic tensors (inside `tf.function`) are left alone: a graph cannot raise,
+    the caller reads the status instead.
+    """
+    value = tf.get_static_value(status) if tf.is_tensor(status) else status
+    if value is None:
+        return
+    if int(value) != Status.SUCCESS:
+        raise SolverError(f"{what} failed: {status_message(value)} (status {int(value)})", int(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class ODESolution:
+    """The result of `sensode.solve` on an `ODEProblem`.
+
+    Attributes:
+      t: ``[T]`` save times.
+      u: ``[T, *u0.shape]`` states at the save times.
+      stats: dict of scalar ``int32`` tensors: ``nfe`` (right-hand side
+        evaluations), ``steps`` (attempted steps), ``accepted``, ``rejected``.
+      status: scalar ``int32`` tensor, 0 on success (see `Status`).
+      prob: the problem that was solved.
+      alg: the method used.
+    """
+
+    t: tf.Tensor
+    u: tf.Tensor
+    stats: dict
+    status: tf.Tensor
+    prob: Any = None
+    alg: Any = None
+
+    @property
+    def success(self):
+        """Boolean tensor: ``status == 0``."""
+        return tf.equal(self.status, Status.SUCCESS)
+
+    @property
+    def message(self) -> str:
+        """Readable status message (eager mode only; a graph has no values)."""
+        value = tf.get_static_value(self.status)
+        if value is None:
+            return "status is symbolic inside tf.function; read `status` instead"
+        return status_message(value)
+
+    def summary(self) -> str:
+        """A short multi-line description (eager mode)."""
+        stats = ", ".join(f"{k}={int(v)}" for k, v in self.stats.items())
+        alg = type(self.alg).__name__ if self.alg is not None else "?"
+        return (
+            f"ODESolution: {alg}, {self.t.shape[0]} save points, t in "
+            f"[{float(self.t[0]):g}, {float(self.t[-1]):g}], u shape {tuple(self.u.shape[1:])}, "
+            f"dtype {self.u.dtype.name}\n  status: {int(self.status)} ({self.message})\n  stats: {stats}"
+        )
