@@ -58,8 +58,9 @@ class PIController:
 
     ``factor = safety * err**(-beta1) * err_prev**beta2``, clipped to
     ``[factor_min, factor_max]``; after a rejected step only the proportional
-    part is used and the step never grows. Defaults follow
-    DifferentialEquations.jl: ``beta1 = 0.7 / k``, ``beta2 = 0.4 / k`` with
+    part is used and the step never grows. Defaults generalise Hairer's
+    choice for DOPRI5 (``beta2 = 0.04``, ``beta1 = 1/5 - 0.75 beta2``) to any
+    order: ``beta2 = 0.2 / k``, ``beta1 = 0.85 / k`` with
     ``k = error_order + 1``. ``beta2 = 0`` gives the classic I controller.
 
     References: Gustafsson, ACM TOMS 20(4), 1994; Hairer & Wanner, Solving
@@ -81,8 +82,8 @@ class PIController:
 
     def coefficients(self, error_order: int):
         k = error_order + 1.0
-        beta1 = 0.7 / k if self.beta1 is None else self.beta1
-        beta2 = 0.4 / k if self.beta2 is None else self.beta2
+        beta1 = 0.85 / k if self.beta1 is None else self.beta1
+        beta2 = 0.2 / k if self.beta2 is None else self.beta2
         return beta1, beta2
 
     def factor(self, ratio, ratio_prev, accepted, error_order: int):

@@ -24,6 +24,10 @@ from .tableau import ButcherTableau
 __all__ = ["IntegrateResult", "integrate"]
 
 
+# Problems below this many interpolated numbers per step are "small".
+_SMALL_WORK = 65536
+
+
 class _State(NamedTuple):
     t: tf.Tensor  # current time
     y: list  # flat state at t
@@ -141,6 +145,7 @@ def integrate(
             * tf.ones(tf.concat([[n_save], tf.ones([y.shape.rank], tf.int32)], 0), dtype)
             for y in y0
         ]
+        save_work = sum((y.shape.num_elements() or _SMALL_WORK) for y in y0) * (ts.shape[0] or _SMALL_WORK)
     else:
         ts = None
         saved = []
@@ -191,8 +196,7 @@ def integrate(
         if has_save:
             lo = direction * (ts - s.t)
             hi = direction * (ts - t_new)
-            in_step = (lo > 0) & (hi <= 0)
-            do_save = accept & tf.reduce_any(in_step)
+            in_step = (lo > 0) & (hi <= 0) & accept
 
             def save():
                 stages = rk.dense_stages(flat_fn, tab, s.t, s.y, h, step.stages)
@@ -208,7 +212,12 @@ def integrate(
             def keep():
                 return list(saved), tf.constant(0, tf.int32)
 
-            saved, extra_nfe = tf.cond(do_save, save, keep)
+            # A conditional has a fixed cost that exceeds the interpolation of
+            # a small state; it pays off with extra stages or large buffers.
+            if tab.extra_stages or save_work > _SMALL_WORK:
+                saved, extra_nfe = tf.cond(tf.reduce_any(in_step), save, keep)
+            else:
+                saved, extra_nfe = save()
             nfe = nfe + extra_nfe
 
         new = _State(

@@ -81,17 +81,31 @@ def dense_eval(tab: ButcherTableau, theta, y0: list, h, stages: list) -> list:
 
     Returns a flat list of ``[T, *leaf.shape]`` tensors:
     ``y0 + h * sum_i w_i(theta) K_i``.
+
+    Small problems are written as broadcast-multiply-and-sum, which XLA fuses
+    into one loop; a matrix product would be a library call whose fixed cost
+    dominates for a handful of numbers. Large ones use the matrix product.
     """
     dtype = theta.dtype
     deg = tab.dense_degree
-    powers = tf.stack([theta ** (j + 1) for j in range(deg)], axis=-1)  # [T, deg]
-    coef = tf.constant(tab.dense.T, dtype=dtype)  # [deg, n_ext]
-    w = tf.matmul(powers, coef)  # [T, n_ext]
+    n_ext = tab.dense.shape[0]
+    used = [i for i in range(n_ext) if i < len(stages) and tab.dense[i].any()]
+    coef = tab.dense[used]  # [n_used, deg], coefficients of theta^1..theta^deg
+    th = theta[:, None]
+    # Horner's scheme: products only (a pow op costs far more than a multiply).
+    w = tf.constant(coef[:, deg - 1], dtype=dtype)[None] * th
+    for j in range(deg - 2, -1, -1):
+        w = (w + tf.constant(coef[:, j], dtype=dtype)[None]) * th  # [T, n_used]
     out = []
-    for leaf, ks in zip(range(len(y0)), zip(*stages)):
-        k = tf.stack(ks, axis=0)  # [n_ext, *shape]
-        flat = tf.reshape(k, [tf.shape(k)[0], -1])
-        interp = tf.matmul(w, flat)  # [T, N]
-        interp = tf.reshape(interp, tf.concat([tf.shape(theta), tf.shape(y0[leaf])], 0))
-        out.append(y0[leaf][None] + h * interp)
+    for leaf, y in enumerate(y0):
+        k = tf.stack([stages[i][leaf] for i in used], axis=0)  # [n_used, *shape]
+        size = y.shape.num_elements()
+        n_t = theta.shape[0]
+        if size is not None and n_t is not None and size * n_t * len(used) <= 65536:
+            wk = tf.reshape(w, w.shape.concatenate([1] * y.shape.rank))  # [T, n_used, 1...]
+            interp = tf.reduce_sum(wk * k[None], axis=1)
+        else:
+            flat = tf.reshape(k, [len(used), -1])
+            interp = tf.reshape(tf.matmul(w, flat), tf.concat([tf.shape(theta), tf.shape(y)], 0))
+        out.append(y[None] + h * interp)
     return out

@@ -8,7 +8,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["Status", "SolverError", "ODESolution", "status_message", "raise_if_failed"]
+__all__ = ["Status", "SolverError", "ODESolution", "NonlinearSolution", "status_message", "raise_if_failed"]
 
 
 class Status(enum.IntEnum):
@@ -87,6 +87,16 @@ class ODESolution:
     prob: Any = None
     alg: Any = None
 
+    # tf.nest's custom-structure protocol: an ODESolution can be returned from
+    # a tf.function; the problem and method travel as static metadata.
+    def __tf_flatten__(self):
+        return (self.prob, self.alg), (self.t, self.u, self.stats, self.status)
+
+    @classmethod
+    def __tf_unflatten__(cls, metadata, components):
+        t, u, stats, status = components
+        return cls(t=t, u=u, stats=stats, status=status, prob=metadata[0], alg=metadata[1])
+
     @property
     def success(self):
         """Boolean tensor: ``status == 0``."""
@@ -108,4 +118,54 @@ class ODESolution:
             f"ODESolution: {alg}, {self.t.shape[0]} save points, t in "
             f"[{float(self.t[0]):g}, {float(self.t[-1]):g}], u shape {tuple(self.u.shape[1:])}, "
             f"dtype {self.u.dtype.name}\n  status: {int(self.status)} ({self.message})\n  stats: {stats}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NonlinearSolution:
+    """The result of `sensode.solve` on a `NonlinearProblem` or `SteadyStateProblem`.
+
+    Attributes:
+      u: the root, shaped like ``prob.u0`` (``[*batch, n]``). Differentiable
+        with respect to ``p`` (and variables read by ``f``) by the implicit
+        adjoint; its gradient with respect to ``u0`` is zero.
+      resid_norm: ``[*batch]`` max-norm of ``f(u)`` per system.
+      iterations: scalar ``int32`` tensor (Newton / Anderson iterations, or
+        `DynamicSS` integration windows).
+      status: scalar ``int32`` tensor, 0 on success (see `Status`).
+      prob: the problem that was solved.
+      alg: the method used.
+      du_dp: with ``sensealg=ForwardSensitivity()``, the sensitivities
+        ``du/dp``: a nest like ``p`` whose leaf for a parameter of shape ``P``
+        has shape ``[*u.shape, *P]``; otherwise None. Not differentiable.
+    """
+
+    u: tf.Tensor
+    resid_norm: tf.Tensor
+    iterations: tf.Tensor
+    status: tf.Tensor
+    prob: Any = None
+    alg: Any = None
+    du_dp: Any = None
+
+    @property
+    def success(self):
+        """Boolean tensor: ``status == 0``."""
+        return tf.equal(self.status, Status.SUCCESS)
+
+    @property
+    def message(self) -> str:
+        """Readable status message (eager mode only; a graph has no values)."""
+        value = tf.get_static_value(self.status)
+        if value is None:
+            return "status is symbolic inside tf.function; read `status` instead"
+        return status_message(value)
+
+    def summary(self) -> str:
+        """A short multi-line description (eager mode)."""
+        alg = type(self.alg).__name__ if self.alg is not None else "?"
+        return (
+            f"NonlinearSolution: {alg}, u shape {tuple(self.u.shape)}, dtype {self.u.dtype.name}\n"
+            f"  status: {int(self.status)} ({self.message})\n"
+            f"  iterations: {int(self.iterations)}, max residual: {float(tf.reduce_max(self.resid_norm)):.3g}"
         )
