@@ -21,7 +21,7 @@ from .control import PIController, error_ratio, initial_step
 from .solution import Status
 from .tableau import ButcherTableau
 
-__all__ = ["IntegrateResult", "integrate"]
+__all__ = ["IntegrateResult", "Record", "integrate", "interpolate"]
 
 
 # Problems below this many interpolated numbers per step are "small".
@@ -40,6 +40,23 @@ class _State(NamedTuple):
     rejected: tf.Tensor
     nfe: tf.Tensor
     status: tf.Tensor
+    stop: tf.Tensor  # index of the next stop time (tstops)
+    rec: list  # dense-output record buffers (written in place, never selected)
+
+
+class Record(NamedTuple):
+    """Dense output of every accepted step, in fixed-size buffers.
+
+    ``t[i]``, ``h[i]``, ``y[leaf][i]`` and ``k[leaf][i]`` (``[n_rows, *leaf]``,
+    the stages the dense output uses) describe accepted step ``i``; only the
+    first ``count`` entries are valid. `interpolate` evaluates it anywhere.
+    """
+
+    t: tf.Tensor
+    h: tf.Tensor
+    y: list
+    k: list
+    count: tf.Tensor
 
 
 class IntegrateResult(NamedTuple):
@@ -50,6 +67,8 @@ class IntegrateResult(NamedTuple):
     t: tf.Tensor  # time reached (t1 on success)
     stats: dict
     status: tf.Tensor
+    h: tf.Tensor  # the step the controller would try next
+    record: Record | None  # with ``record=True``
 
 
 def _where(cond, a, b):
@@ -77,6 +96,9 @@ def integrate(
     dtmax=None,
     include_in_norm=None,
     stop_controller_gradients: bool = True,
+    tstops=None,
+    jump: Callable | None = None,
+    record: bool = False,
 ) -> IntegrateResult:
     """Integrate ``dy/dt = fn(t, y)`` from ``t0`` to ``t1``.
 
@@ -99,6 +121,15 @@ def integrate(
         selection. Step sizes are then piecewise constant in the inputs, which
         is what both finite differences (for small perturbations) and the
         discrete adjoint see, except for the final step that lands on ``t1``.
+      tstops: optional ``[K]`` times, monotone in the direction of
+        integration: steps land on them exactly and keep the controller's step
+        size (no restart). Stops at or behind ``t0`` are ignored; a stop at
+        ``t1`` is honoured.
+      jump: ``jump(t, y) -> y`` applied once per distinct stop time (it must
+        handle repeated stop times itself, e.g. by summing over them); the
+        derivative is re-evaluated after it.
+      record: keep the dense output of every accepted step (`Record`), in
+        buffers of ``max_steps`` entries; memory grows with ``max_steps``.
 
     Returns:
       `IntegrateResult`.
@@ -150,6 +181,18 @@ def integrate(
         ts = None
         saved = []
 
+    has_stops = tstops is not None
+    if has_stops:
+        tstops = tf.cast(tstops, dtype)
+        n_stops = tf.shape(tstops)[0]
+    rec = []
+    if record:
+        rows = tab.dense_rows
+        rec = [tf.zeros([max_steps + 1], dtype), tf.zeros([max_steps], dtype)]
+        rec += [tf.zeros([max_steps] + y.shape.as_list(), dtype) for y in y0]
+        rec += [tf.zeros([max_steps, len(rows)] + y.shape.as_list(), dtype) for y in y0]
+        rec[0] = tf.tensor_scatter_nd_update(rec[0], [[0]], t0[None])
+
     init_status = tf.where(_all_finite(y0) & _all_finite(f0), Status.SUCCESS, Status.NONFINITE)
     state = _State(
         t=t0,
@@ -163,18 +206,26 @@ def integrate(
         rejected=tf.constant(0, tf.int32),
         nfe=nfe,
         status=tf.cast(init_status, tf.int32),
+        # Stops at or behind the start are not "ahead": skip them.
+        stop=tf.reduce_sum(tf.cast(direction * (tstops - t0) <= 0, tf.int32)) if has_stops else tf.constant(0, tf.int32),
+        rec=rec,
     )
 
     def cond(s: _State):  # loop_vars is the 1-tuple (state,)
         return tf.equal(s.status, Status.SUCCESS) & (direction * (t1 - s.t) > 0)
 
     def body(s: _State):
-        remaining = t1 - s.t
+        if has_stops:
+            stop_left = s.stop < n_stops
+            target = tf.where(stop_left, tf.gather(tstops, tf.minimum(s.stop, n_stops - 1)), t1)
+        else:
+            target = t1
+        remaining = target - s.t
         last = tf.abs(s.h) >= tf.abs(remaining)
         h = tf.where(last, remaining, s.h)
         step = rk.rk_step(flat_fn, tab, s.t, s.y, s.f, h)
         nfe = s.nfe + tab.stages
-        t_new = tf.where(last, t1, s.t + h)
+        t_new = tf.where(last, target, s.t + h)
         finite = _all_finite(step.y1)
         if tab.adaptive:
             ratio = error_ratio(step.err, s.y, step.y1, rtol, atol, step.err_secondary, include)
@@ -220,10 +271,51 @@ def integrate(
                 saved, extra_nfe = save()
             nfe = nfe + extra_nfe
 
+        y_new, f_new, stop = step.y1, step.f_new, s.stop
+        if has_stops:
+            landed = accept & last & stop_left
+
+            def do_jump():
+                yj = tf.nest.flatten(jump(t_new, tf.nest.pack_sequence_as(structure, step.y1)))
+                return yj, flat_fn(t_new, yj), tf.constant(1, tf.int32)
+
+            def no_jump():
+                return list(step.y1), list(step.f_new), tf.constant(0, tf.int32)
+
+            y_new, f_new, jump_nfe = tf.cond(landed, do_jump, no_jump)
+            nfe = nfe + jump_nfe
+            count = tf.reduce_sum(tf.cast(tf.equal(tstops, t_new), tf.int32))
+            stop = tf.where(landed, s.stop + tf.maximum(count, 1), s.stop)
+
+        rec = s.rec
+        if record:
+            # Written at index `accepted` on every attempt: a rejected attempt
+            # is overwritten by the next one, so the buffers never go through
+            # the accept/reject select (which would copy them every step).
+            idx = s.accepted
+            if tab.extra_stages:
+                all_stages, extra_nfe2 = tf.cond(
+                    accept,
+                    lambda: (rk.dense_stages(flat_fn, tab, s.t, s.y, h, step.stages), tf.constant(tab.extra_stages, tf.int32)),
+                    lambda: (step.stages + [step.stages[0]] * tab.extra_stages, tf.constant(0, tf.int32)),
+                )
+                nfe = nfe + extra_nfe2
+            else:
+                all_stages = step.stages
+            n_leaf = len(s.y)
+            r_t = tf.tensor_scatter_nd_update(rec[0], [[idx + 1]], t_new[None])
+            r_h = tf.tensor_scatter_nd_update(rec[1], [[idx]], h[None])
+            r_y = [tf.tensor_scatter_nd_update(b, [[idx]], y[None]) for b, y in zip(rec[2 : 2 + n_leaf], s.y)]
+            r_k = [
+                tf.tensor_scatter_nd_update(b, [[idx]], tf.stack([all_stages[i][leaf] for i in tab.dense_rows])[None])
+                for leaf, b in enumerate(rec[2 + n_leaf :])
+            ]
+            rec = [r_t, r_h] + r_y + r_k
+
         new = _State(
             t=t_new,
-            y=step.y1,
-            f=step.f_new,
+            y=y_new,
+            f=f_new,
             h=h_next,
             ratio_prev=ratio_prev,
             saved=saved,
@@ -232,9 +324,11 @@ def integrate(
             rejected=s.rejected,
             nfe=nfe,
             status=s.status,
+            stop=stop,
+            rec=[],
         )
-        old = s._replace(h=h_next, ratio_prev=ratio_prev, steps=s.steps + 1, rejected=s.rejected + 1, nfe=nfe)
-        out = _where(accept, new, old)
+        old = s._replace(h=h_next, ratio_prev=ratio_prev, steps=s.steps + 1, rejected=s.rejected + 1, nfe=nfe, rec=[])
+        out = _where(accept, new, old)._replace(rec=rec)
         # Failure: the step cannot shrink further, or a fixed step gave NaN/Inf.
         floor = tf.maximum(dtmin_user, 8.0 * eps * tf.maximum(tf.abs(out.t), tf.abs(t1)))
         reached = tf.equal(out.t, t1)
@@ -255,10 +349,45 @@ def integrate(
         "rejected": final.rejected,
     }
     ys = tf.nest.pack_sequence_as(structure, final.saved) if has_save else None
+    rec_out = None
+    if record:
+        n_leaf = len(y0)
+        r = final.rec
+        rec_out = Record(t=r[0], h=r[1], y=r[2 : 2 + n_leaf], k=r[2 + n_leaf :], count=final.accepted)
     return IntegrateResult(
         y1=tf.nest.pack_sequence_as(structure, final.y),
         ys=ys,
         t=final.t,
         stats=stats,
         status=status,
+        h=final.h,
+        record=rec_out,
     )
+
+
+def interpolate(tab: ButcherTableau, rec: Record, t, direction):
+    """Evaluate a `Record` at times ``t`` (``[M]``) inside the recorded span.
+
+    Returns a flat list of ``[M, *leaf]`` tensors. Each time picks the
+    accepted step that contains it (binary search over the step start times).
+    """
+    dtype = rec.h.dtype
+    n = tf.maximum(rec.count, 1)
+    starts = direction * rec.t[:-1]  # increasing in the integration direction
+    valid = tf.range(tf.shape(starts)[0]) < rec.count
+    big = tf.constant(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).max, dtype)
+    starts = tf.where(valid, starts, big)
+    idx = tf.searchsorted(starts, direction * t, side="right") - 1
+    idx = tf.clip_by_value(idx, 0, n - 1)
+    t_i = tf.gather(rec.t, idx)
+    h_i = tf.gather(rec.h, idx)
+    theta = tf.clip_by_value((t - t_i) / h_i, 0.0, 1.0)
+    out = []
+    for y_buf, k_buf in zip(rec.y, rec.k):
+        y_i = tf.gather(y_buf, idx)  # [M, *leaf]
+        k_i = tf.gather(k_buf, idx)  # [M, rows, *leaf]
+        w = rk.dense_weights(tab, theta)  # [M, rows]
+        w = tf.reshape(w, w.shape.concatenate([1] * (k_i.shape.rank - 2)))
+        h_b = tf.reshape(h_i, [-1] + [1] * (y_i.shape.rank - 1))
+        out.append(y_i + h_b * tf.reduce_sum(w * k_i, axis=1))
+    return out

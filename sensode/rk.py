@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from .tableau import ButcherTableau
 
-__all__ = ["StepResult", "rk_step", "dense_stages", "dense_eval"]
+__all__ = ["StepResult", "rk_step", "dense_stages", "dense_weights", "dense_eval"]
 
 FlatFn = Callable[[tf.Tensor, list], list]
 
@@ -76,6 +76,21 @@ def dense_stages(fn: FlatFn, tab: ButcherTableau, t, y0: list, h, stages: list) 
     return stages
 
 
+def dense_weights(tab: ButcherTableau, theta):
+    """Weights ``w_i(theta)`` (``[M, len(tab.dense_rows)]``) of the used stages.
+
+    Horner's scheme: products only (a pow op costs far more than a multiply).
+    """
+    dtype = theta.dtype
+    coef = tab.dense[list(tab.dense_rows)]  # [rows, deg]: theta^1..theta^deg
+    deg = coef.shape[1]
+    th = theta[:, None]
+    w = tf.constant(coef[:, deg - 1], dtype=dtype)[None] * th
+    for j in range(deg - 2, -1, -1):
+        w = (w + tf.constant(coef[:, j], dtype=dtype)[None]) * th
+    return w
+
+
 def dense_eval(tab: ButcherTableau, theta, y0: list, h, stages: list) -> list:
     """Interpolate at fractions ``theta`` (``[T]``, in ``[0, 1]``) of the step.
 
@@ -86,16 +101,8 @@ def dense_eval(tab: ButcherTableau, theta, y0: list, h, stages: list) -> list:
     into one loop; a matrix product would be a library call whose fixed cost
     dominates for a handful of numbers. Large ones use the matrix product.
     """
-    dtype = theta.dtype
-    deg = tab.dense_degree
-    n_ext = tab.dense.shape[0]
-    used = [i for i in range(n_ext) if i < len(stages) and tab.dense[i].any()]
-    coef = tab.dense[used]  # [n_used, deg], coefficients of theta^1..theta^deg
-    th = theta[:, None]
-    # Horner's scheme: products only (a pow op costs far more than a multiply).
-    w = tf.constant(coef[:, deg - 1], dtype=dtype)[None] * th
-    for j in range(deg - 2, -1, -1):
-        w = (w + tf.constant(coef[:, j], dtype=dtype)[None]) * th  # [T, n_used]
+    used = tab.dense_rows
+    w = dense_weights(tab, theta)  # [T, n_used]
     out = []
     for leaf, y in enumerate(y0):
         k = tf.stack([stages[i][leaf] for i in used], axis=0)  # [n_used, *shape]

@@ -169,6 +169,11 @@ class ButcherTableau:
     def dense_degree(self) -> int:
         return self.dense.shape[1]
 
+    @property
+    def dense_rows(self) -> tuple:
+        """Indices of the extended stages the dense output actually uses."""
+        return tuple(int(i) for i in np.flatnonzero(np.any(self.dense != 0.0, axis=1)))
+
 
 def hermite_dense(b) -> np.ndarray:
     """Cubic Hermite interpolant through ``y0, f0, y1, f_new`` in the layout above.

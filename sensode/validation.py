@@ -18,7 +18,7 @@ __all__ = [
     "check_tolerance",
     "check_saveat",
     "check_max_steps",
-    "checked_rhs",
+    "checked_f",
     "static_value",
 ]
 
@@ -130,11 +130,11 @@ def check_saveat(saveat, t0, t1):
         )
 
 
-def checked_rhs(f, u0, p, name="f"):
+def checked_f(f, u0, name="f"):
     """Wrap ``f(t, u, p)`` so that its output is checked (statically) on each trace."""
     shape, dtype = u0.shape, u0.dtype
 
-    def rhs(t, u):
+    def rhs(t, u, p):
         out = f(t, u, p)
         if not (tf.is_tensor(out) or isinstance(out, (np.ndarray, list, tuple, numbers.Real))):
             raise TypeError(f"`{name}` must return a tensor shaped like `u`, got {type(out).__name__}")

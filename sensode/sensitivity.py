@@ -1,0 +1,98 @@
+"""Shared plumbing of the ODE sensitivity methods.
+
+A method supplies ``forward`` (solve, keep what the backward pass needs) and
+``backward`` (turn ``dL/du(ts)`` into gradients); `differentiable` wires the
+pair into `tf.custom_gradient` so that `tf.GradientTape` reaches ``u0``,
+every floating leaf of ``p``, ``t0``, the save times (and through them
+``t1`` when ``saveat`` is None), and every `tf.Variable` read inside ``f``.
+
+Time gradients have closed forms shared by all methods: a save time moves its
+saved state along the flow, ``dL/dts_i = <g_i, f(ts_i, u_i)>``, and moving
+the start time shifts the whole trajectory, ``dL/dt0 = -<dL/du0, f(t0, u0)>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import tensorflow as tf
+
+from .derivatives import find_variables
+from .loop import integrate
+from .tableau import ButcherTableau
+
+__all__ = ["Spec", "differentiable", "save_time_gradients"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What the forward solve needs: checked ``f``, the method and the options."""
+
+    f: Callable  # f(t, u, p)
+    tableau: ButcherTableau
+    options: dict  # rtol, atol, dt, max_steps, dtmin, dtmax, controller
+
+    def integrate(self, fn, y0, t0, t1, **overrides):
+        opts = dict(self.options)
+        tab = overrides.pop("tableau", self.tableau)
+        opts.update(overrides)
+        return integrate(fn, y0, t0, t1, tableau=tab, **opts)
+
+
+def save_time_gradients(f, ts, u_saved, g_u, p):
+    """``dL/dts_i = <g_i, f(ts_i, u_i)>`` for all save times at once (one
+    vectorised evaluation of ``f`` over the save points)."""
+
+    def one(args):
+        t, u, g = args
+        return tf.reduce_sum(f(t, u, p) * g)
+
+    return tf.vectorized_map(one, (ts, u_saved, g_u))
+
+
+def differentiable(spec: Spec, method, u0, ts, t0, t1, p):
+    """Run ``method.forward`` under a custom gradient given by ``method.backward``.
+
+    Returns ``(u_saved, stats, status, aux_outputs)``.
+    """
+    leaves = tf.nest.flatten(p)
+    is_float = [
+        (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating for x in leaves
+    ]
+    float_leaves = [tf.convert_to_tensor(x) for x, fl in zip(leaves, is_float) if fl]
+    variables = find_variables(spec.f, t0, u0, p)
+
+    def pack(float_vals):
+        it = iter(float_vals)
+        full = [next(it) if fl else x for x, fl in zip(leaves, is_float)]
+        return tf.nest.pack_sequence_as(p, full) if p is not None else None
+
+    stat_keys = ("nfe", "steps", "accepted", "rejected")
+
+    @tf.custom_gradient
+    def run(u0_, ts_, t0_, *pf):
+        pp = pack(pf)
+        u_saved, stats, status, aux = method.forward(spec, u0_, ts_, t0_, t1, pp, variables)
+
+        def grad(g_u, *unused, variables=None):
+            du0, dts, dt0, dp, dv = method.backward(spec, u0_, ts_, t0_, t1, pp, variables_used, aux, g_u)
+            if dts is None:
+                dts = save_time_gradients(spec.f, ts_, u_saved, g_u, pp)
+            if dt0 is None:
+                dt0 = -tf.reduce_sum(du0 * spec.f(t0_, u0_, pp))
+            dp_float = [g for g, fl in zip(dp, is_float) if fl]
+            grads = [du0, dts, dt0] + dp_float
+            if variables is None:
+                return grads
+            by_ref = {v.ref(): g for v, g in zip(variables_used, dv)}
+            return grads, [by_ref.get(v.ref(), tf.zeros_like(v)) for v in variables]
+
+        outs = (u_saved, status) + tuple(stats[k] for k in stat_keys)
+        return outs, grad
+
+    variables_used = variables
+    outs = run(u0, ts, t0, *float_leaves)
+    u_saved, status = outs[0], outs[1]
+    stats = dict(zip(stat_keys, outs[2:]))
+    return u_saved, stats, status
