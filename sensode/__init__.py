@@ -3,13 +3,18 @@
 Layers (each imports only from those above it):
 
 1. data: `problems`, `tableau`, `solvers`, `sensealg`, `solution`
-2. numerics: `rk`, `control`
+2. numerics: `rk`, `control`, `linsolve`
 3. the loop: `loop`
-4. entry points: `solve`
-5. front-ends: `models`
+4. methods: `forward`, `discrete`, `adjoint` (ODE sensitivities, sharing
+   `sensitivity` and `derivatives`), `nonlinear` (Newton, Newton-Krylov,
+   Anderson, DynamicSS), `implicit` (the implicit adjoint of f(u, p) = 0)
+5. entry points: `solve`, `sensitivities`
+6. front-ends: `models`
 """
 
-from . import models
+from . import linsolve, models
+from .implicit import solve_nonlinear
+from .nonlinear import AndersonAcceleration, DynamicSS, NewtonKrylov, NewtonRaphson
 from .control import PIController
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem
 from .sensealg import (
@@ -20,8 +25,9 @@ from .sensealg import (
     QuadratureAdjoint,
     SteadyStateAdjoint,
 )
-from .solution import ODESolution, SolverError, Status
-from .solve import odeint, solve
+from .solution import NonlinearSolution, ODESolution, SolverError, Status
+from .sensitivities import AdjointSensitivityResult, ForwardSensitivityResult, default_sensealg
+from .solve import adjoint_sensitivities, forward_sensitivities, odeint, solve
 from .solvers import BS3, DP5, DP8, RK4, Euler, ExplicitRK, Heun, Midpoint, Tsit5
 from .tableau import ButcherTableau
 
@@ -52,6 +58,18 @@ __all__ = [
     "SteadyStateProblem",
     "Tsit5",
     "models",
+    "linsolve",
+    "solve_nonlinear",
+    "AndersonAcceleration",
+    "DynamicSS",
+    "NewtonKrylov",
+    "NewtonRaphson",
+    "NonlinearSolution",
     "odeint",
     "solve",
+    "forward_sensitivities",
+    "adjoint_sensitivities",
+    "default_sensealg",
+    "ForwardSensitivityResult",
+    "AdjointSensitivityResult",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .derivatives import vjp
+from .derivatives import graph_if_eager, p_leaves, vjp
 from .loop import interpolate
 from .sensealg import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint
 from .solution import Status, raise_if_failed
@@ -69,7 +69,7 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
     dtype = u0.dtype
     direction = tf.where(t1 >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
     kind = type(sensealg)
-    p_leaves = tf.nest.flatten(p)
+    leaves_p = p_leaves(p)
     rank = u0.shape.rank
 
     def g_at(t):
@@ -86,11 +86,11 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
             return None
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(u)
-            tape.watch(p_leaves)
+            tape.watch(leaves_p)
             for v in variables:
                 tape.watch(v)
-            val = g_cont(t, u, tf.nest.pack_sequence_as(p, p_leaves) if p is not None else None)
-        return tape.gradient(val, [u] + p_leaves + list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            val = g_cont(t, u, tf.nest.pack_sequence_as(p, leaves_p) if p is not None else None)
+        return tape.gradient(val, [u] + leaves_p + list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def adjoint_terms(t, u, a):
         _, du, dp, dv, _ = vjp(f, t, u, p, variables, a)
@@ -98,15 +98,15 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
         extra = running_cost_grads(t, u)
         if extra is not None:  # d/dt a = -a f_u - g_u for a running cost
             da = da - extra[0]
-            n_p = len(p_leaves)
+            n_p = len(leaves_p)
             dgp = [x - e for x, e in zip(dgp, extra[1 : 1 + n_p])]
             dgv = [x - e for x, e in zip(dgv, extra[1 + n_p :])]
         return da, dgp, dgv
 
     a_start = g_at(t1)
-    gp0 = [tf.zeros_like(x) for x in p_leaves]
+    gp0 = [tf.zeros_like(x) for x in leaves_p]
     gv0 = [tf.zeros_like(v) for v in variables]
-    zero_p = len(p_leaves) * [False]
+    zero_p = len(leaves_p) * [False]
     zero_v = len(variables) * [False]
     seminorm = sensealg.seminorm
     over = _adjoint_options(spec, sensealg)
@@ -114,7 +114,7 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
 
     if kind is BacksolveAdjoint:
         y0 = (u1, a_start, gp0, gv0)
-        include = (True, True, zero_p if seminorm else [True] * len(p_leaves), zero_v if seminorm else [True] * len(variables))
+        include = (True, True, zero_p if seminorm else [True] * len(leaves_p), zero_v if seminorm else [True] * len(variables))
 
         def rhs(t, y):
             u, a, _, _ = y
@@ -127,7 +127,7 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
 
     elif kind is InterpolatingAdjoint:
         y0 = (a_start, gp0, gv0)
-        include = (True, zero_p if seminorm else [True] * len(p_leaves), zero_v if seminorm else [True] * len(variables))
+        include = (True, zero_p if seminorm else [True] * len(leaves_p), zero_v if seminorm else [True] * len(variables))
 
         def rhs(t, y):
             a = y[0]
@@ -152,7 +152,7 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
         raise TypeError(f"not a continuous adjoint: {sensealg!r}")
 
     res = spec.integrate(
-        rhs, y0, t1, t0, saveat=None, tstops=tstops, jump=jump, include_in_norm=include,
+        graph_if_eager(rhs), y0, t1, t0, saveat=None, tstops=tstops, jump=jump, include_in_norm=include,
         record=kind is QuadratureAdjoint, **over,
     )
     stats, status = res.stats, res.status
@@ -179,8 +179,8 @@ def _quadrature(spec, tab_b, rec_b, rec_f, direction, p, variables, adjoint_term
     dtype = rec_b.h.dtype
     x = (x + 1.0) / 2.0
     w = w / 2.0
-    p_leaves = tf.nest.flatten(p)
-    acc0 = [tf.zeros_like(v) for v in p_leaves] + [tf.zeros_like(v) for v in variables]
+    leaves_p = p_leaves(p)
+    acc0 = [tf.zeros_like(v) for v in leaves_p] + [tf.zeros_like(v) for v in variables]
 
     def body(j, acc):
         t_j = rec_b.t[j]
@@ -201,7 +201,7 @@ def _quadrature(spec, tab_b, rec_b, rec_f, direction, p, variables, adjoint_term
         (tf.constant(0, tf.int32), acc0),
         maximum_iterations=rec_b.h.shape[0],
     )
-    n_p = len(p_leaves)
+    n_p = len(leaves_p)
     return acc[:n_p], acc[n_p:], rec_b.count * n_nodes
 
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["vjp", "batched_jvp", "find_variables"]
+__all__ = ["p_leaves", "vjp", "batched_jvp", "find_variables", "map_batch", "graph_if_eager"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
+
+
+def p_leaves(p) -> list:
+    """The leaves of a parameter nest; ``None`` has none (not ``[None]``)."""
+    return [] if p is None else tf.nest.flatten(p)
 
 
 def find_variables(f, t, u, p) -> list:
@@ -41,18 +46,18 @@ def vjp(f, t, u, p, variables, cot, *, wrt_t: bool = False):
       (shape of ``u``), ``dp`` a list over ``tf.nest.flatten(p)``, ``dvars`` a
       list over ``variables``, ``dt`` a scalar (zero unless ``wrt_t``).
     """
-    p_leaves = tf.nest.flatten(p)
+    leaves = p_leaves(p)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(u)
-        tape.watch(p_leaves)
+        tape.watch(leaves)
         if wrt_t:
             tape.watch(t)
         for v in variables:
             tape.watch(v)
-        out = f(t, u, tf.nest.pack_sequence_as(p, p_leaves) if p is not None else None)
-    sources = [u] + p_leaves + list(variables) + ([t] if wrt_t else [])
+        out = f(t, u, tf.nest.pack_sequence_as(p, leaves) if p is not None else None)
+    sources = [u] + leaves + list(variables) + ([t] if wrt_t else [])
     grads = tape.gradient(out, sources, output_gradients=cot, unconnected_gradients=_ZERO)
-    n_p = len(p_leaves)
+    n_p = len(leaves)
     du = grads[0]
     dp = grads[1 : 1 + n_p]
     dv = grads[1 + n_p : 1 + n_p + len(variables)]
@@ -72,15 +77,41 @@ def batched_jvp(f, t, u, p, variables, u_tangents, p_tangents, v_tangents):
       ``(out, jvps)`` with ``out = f(t, u, p)`` and ``jvps`` ``[M, *u.shape]``:
       ``(df/du) u_t + (df/dp) p_t + (df/dv) v_t`` for each direction.
     """
-    p_leaves = tf.nest.flatten(p)
+    leaves = p_leaves(p)
 
     def one(tangents):
         tu, tp, tv = tangents
-        primals = [u] + p_leaves + list(variables)
+        primals = [u] + leaves + list(variables)
         with tf.autodiff.ForwardAccumulator(primals=primals, tangents=[tu] + list(tp) + list(tv)) as acc:
-            out = f(t, u, tf.nest.pack_sequence_as(p, p_leaves) if p is not None else None)
+            out = f(t, u, tf.nest.pack_sequence_as(p, leaves) if p is not None else None)
         return acc.jvp(out, unconnected_gradients=_ZERO), out
 
     # The primal output is loop-invariant: pfor computes it once and tiles it.
-    jvps, outs = tf.vectorized_map(one, (u_tangents, list(p_tangents), list(v_tangents)))
+    jvps, outs = map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))
     return outs[0], jvps
+
+
+def graph_if_eager(fn):
+    """Run ``fn`` as a graph function when executing eagerly.
+
+    Eager forward-mode and pfor machinery re-derive their graphs on every call;
+    tracing the augmented right-hand side once per solve is far cheaper. Only
+    for right-hand sides whose gradient is provided by a sensitivity method
+    (the tape never needs to see inside them).
+    """
+    if tf.executing_eagerly():
+        return tf.function(fn, reduce_retracing=True)
+    return fn
+
+
+def map_batch(fn, elems):
+    """``tf.vectorized_map`` in a graph; a plain loop when executing eagerly.
+
+    Eagerly, `tf.vectorized_map` converts ``fn`` to a vectorised graph on
+    every call, which costs far more than running it once per element.
+    """
+    if not tf.executing_eagerly():
+        return tf.vectorized_map(fn, elems)
+    n = tf.nest.flatten(elems)[0].shape[0]
+    outs = [fn(tf.nest.map_structure(lambda x: x[i], elems)) for i in range(n)]
+    return tf.nest.map_structure(lambda *xs: tf.stack(xs), *outs)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from .derivatives import p_leaves
+
 __all__ = ["CheckpointedDiscreteAdjoint"]
 
 
@@ -84,24 +86,24 @@ class CheckpointedDiscreteAdjoint:
     def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
         cuts, states, hs = aux
         rank = u0.shape.rank
-        p_leaves = tf.nest.flatten(p)
-        float_idx = [i for i, x in enumerate(p_leaves) if x.dtype.is_floating]
+        leaves_p = p_leaves(p)
+        float_idx = [i for i, x in enumerate(leaves_p) if x.dtype.is_floating]
         a = tf.zeros_like(u0)  # dL/du at the end of the current segment
-        dp = [tf.zeros_like(x) if x.dtype.is_floating else None for x in p_leaves]
+        dp = [tf.zeros_like(x) if x.dtype.is_floating else None for x in leaves_p]
         dv = [tf.zeros_like(v) for v in variables]
         for i in reversed(range(self.k)):
             u_start = states[i]
             c0, c1 = cuts[i], cuts[i + 1]
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(u_start)
-                tape.watch([p_leaves[j] for j in float_idx])
+                tape.watch([leaves_p[j] for j in float_idx])
                 for v in variables:
                     tape.watch(v)
-                pp = tf.nest.pack_sequence_as(p, p_leaves) if p is not None else None
+                pp = tf.nest.pack_sequence_as(p, leaves_p) if p is not None else None
                 res, inside = self._segment(spec, u_start, hs[i], c0, c1, ts, pp)
                 mask = tf.reshape(tf.cast(inside, u0.dtype), [-1] + [1] * rank)
                 objective = tf.reduce_sum(mask * res.ys * g_u) + tf.reduce_sum(res.y1 * a)
-            sources = [u_start] + [p_leaves[j] for j in float_idx] + list(variables)
+            sources = [u_start] + [leaves_p[j] for j in float_idx] + list(variables)
             grads = tape.gradient(objective, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             a = grads[0]
             for j, g in zip(float_idx, grads[1 : 1 + len(float_idx)]):

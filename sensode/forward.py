@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from .derivatives import batched_jvp
+from .derivatives import batched_jvp, graph_if_eager, p_leaves
 
 __all__ = ["ForwardSensitivityMethod", "directions", "forward_solve"]
 
@@ -35,7 +35,7 @@ class _Dirs(NamedTuple):
 
 
 def directions(u0, p, variables) -> _Dirs:
-    leaves = tf.nest.flatten(p)
+    leaves = p_leaves(p)
     p_sizes = [
         int(x.shape.num_elements()) if (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating else 0
         for x in leaves
@@ -62,10 +62,11 @@ def forward_solve(spec, u0, ts, t0, t1, p, variables):
     s0 = unit_block(dirs.n_u0, u0.shape)
     p_tan = [
         unit_block(size, x.shape) if size else tf.zeros([dirs.total] + x.shape.as_list(), x.dtype)
-        for size, x in zip(dirs.p_sizes, tf.nest.flatten(p))
+        for size, x in zip(dirs.p_sizes, p_leaves(p))
     ]
     v_tan = [unit_block(size, v.shape) for size, v in zip(dirs.v_sizes, variables)]
 
+    @graph_if_eager
     def rhs(t, y):
         u, s = y
         return batched_jvp(spec.f, t, u, p, variables, s, p_tan, v_tan)
@@ -79,7 +80,7 @@ def split_directions(x, dirs: _Dirs, u0, p, variables):
     sizes = [dirs.n_u0] + dirs.p_sizes + dirs.v_sizes
     parts = tf.split(x, sizes, axis=0)
     du0 = tf.reshape(parts[0], tf.shape(u0))
-    leaves = tf.nest.flatten(p)
+    leaves = p_leaves(p)
     dp = [tf.reshape(g, tf.shape(leaf)) if s else None for g, s, leaf in zip(parts[1 : 1 + len(leaves)], dirs.p_sizes, leaves)]
     dv = [tf.reshape(g, v.shape) for g, v in zip(parts[1 + len(leaves) :], variables)]
     return du0, dp, dv

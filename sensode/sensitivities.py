@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record as _tape_record
 
 from .adjoint import ContinuousAdjointMethod, backward_solve
-from .derivatives import find_variables
+from .derivatives import find_variables, p_leaves
 from .discrete import CheckpointedDiscreteAdjoint
 from .forward import ForwardSensitivityMethod, forward_solve
 from .sensealg import (
@@ -40,7 +40,7 @@ FORWARD_MODE_LIMIT = 100
 
 
 def _n_params(p, variables) -> int:
-    leaves = [x for x in tf.nest.flatten(p) if (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating]
+    leaves = [x for x in p_leaves(p) if (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating]
     return sum(int(x.shape.num_elements()) for x in leaves) + sum(int(v.shape.num_elements()) for v in variables)
 
 
@@ -77,18 +77,42 @@ def _method(sensealg):
     raise TypeError(f"`sensealg` must be a sensode sensitivity algorithm, got {sensealg!r}")
 
 
+class _OnDemand:
+    """Run a method's own forward pass only when a gradient is requested.
+
+    The forward pass is the plain solve; the backward pass first repeats the
+    solve the way the method needs it (with sensitivities, or recording the
+    dense output) and then runs the method's backward pass. Used for
+    ``sensealg=None``, so that a solve nobody differentiates costs no more
+    than the plain loop (inside `tf.function` that cannot be known in advance).
+    """
+
+    def __init__(self, method):
+        self.method = method
+
+    def forward(self, spec, u0, ts, t0, t1, p, variables):
+        res = spec.integrate(lambda t, u: spec.f(t, u, p), u0, t0, t1, saveat=ts)
+        return res.ys, res.stats, res.status, None
+
+    def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
+        _, _, _, aux = self.method.forward(spec, u0, ts, t0, t1, p, variables)
+        return self.method.backward(spec, u0, ts, t0, t1, p, variables, aux, g_u)
+
+
 def differentiable_solve(prob, spec: Spec, sensealg, u0, ts, t0, t1):
     """Forward solve whose gradient is computed by ``sensealg``.
 
     Returns ``(u_saved, stats, status)``. ``DiscreteAdjoint()`` without
-    checkpoints (and ``sensealg=None`` when no gradient can be recorded) runs
-    the plain loop, which TensorFlow differentiates step by step.
+    checkpoints runs the plain loop, which TensorFlow differentiates step by
+    step. ``sensealg=None`` runs the plain loop forward and, only if a gradient
+    is requested, the method `default_sensealg` picks (see `_OnDemand`).
     """
     if sensealg is None:
         if tf.executing_eagerly() and not _tape_record.could_possibly_record():
             sensealg = DiscreteAdjoint()  # nothing will differentiate this solve
         else:
-            sensealg, _ = default_sensealg(prob)
+            chosen, _ = default_sensealg(prob)
+            return differentiable(spec, _OnDemand(_method(chosen)), u0, ts, t0, t1, prob.p)
     if isinstance(sensealg, DiscreteAdjoint) and sensealg.checkpoints is None:
         res = spec.integrate(lambda t, u: spec.f(t, u, prob.p), u0, t0, t1, saveat=ts)
         return res.ys, res.stats, res.status
@@ -146,7 +170,7 @@ def _split_blocks(s, dirs, u0, p, variables):
         n_in = len(shape)
         return tf.transpose(x, [n_in] + list(range(n_in)) + list(range(n_in + 1, x.shape.rank)))
 
-    leaves = tf.nest.flatten(p)
+    leaves = p_leaves(p)
     du0 = shaped(parts[0], u0.shape.as_list())
     dp = [shaped(b, leaf.shape.as_list()) if size else None for b, size, leaf in zip(parts[1 : 1 + len(leaves)], dirs.p_sizes, leaves)]
     dv = [shaped(b, v.shape.as_list()) for b, v in zip(parts[1 + len(leaves) :], variables)]

@@ -18,7 +18,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from .derivatives import find_variables
+from .derivatives import find_variables, map_batch, p_leaves
 from .loop import integrate
 from .tableau import ButcherTableau
 
@@ -48,7 +48,7 @@ def save_time_gradients(f, ts, u_saved, g_u, p):
         t, u, g = args
         return tf.reduce_sum(f(t, u, p) * g)
 
-    return tf.vectorized_map(one, (ts, u_saved, g_u))
+    return map_batch(one, (ts, u_saved, g_u))
 
 
 def differentiable(spec: Spec, method, u0, ts, t0, t1, p):
@@ -56,7 +56,7 @@ def differentiable(spec: Spec, method, u0, ts, t0, t1, p):
 
     Returns ``(u_saved, stats, status, aux_outputs)``.
     """
-    leaves = tf.nest.flatten(p)
+    leaves = p_leaves(p)
     is_float = [
         (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating for x in leaves
     ]

@@ -1,5 +1,9 @@
 """Entry points: `solve` and `odeint`.
 
+`solve` dispatches on the problem: an `ODEProblem` is integrated here; a
+`NonlinearProblem` or `SteadyStateProblem` goes to
+`sensode.implicit.solve_nonlinear`.
+
 They validate the inputs (raising at once, naming the argument), convert them
 to tensors of one dtype, run the shared loop, and in eager mode raise
 `SolverError` when the solve failed and ``throw=True``.
@@ -7,23 +11,59 @@ to tensors of one dtype, run the shared loop, and in eager mode raise
 
 from __future__ import annotations
 
+import inspect
+
 import tensorflow as tf
 
 from . import validation as _v
 from .control import PIController
-from .loop import integrate
-from .problems import ODEProblem, check_u0
+from .implicit import solve_nonlinear
+from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem, check_u0
 from .solution import ODESolution, raise_if_failed
+from .sensealg import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint, SensitivityAlgorithm
+from .sensitivities import (
+    AdjointSensitivityResult,
+    ForwardSensitivityResult,
+    differentiable_solve,
+)
+from .sensitivities import adjoint_sensitivities as _adjoint_sensitivities
+from .sensitivities import forward_sensitivities as _forward_sensitivities
+from .sensitivity import Spec
 from .solvers import ExplicitRK, Tsit5
 
-__all__ = ["solve", "odeint"]
+__all__ = ["solve", "odeint", "forward_sensitivities", "adjoint_sensitivities"]
+
+# The entry points use explicit TF control flow; AutoGraph would only slow
+# tracing down (and re-read the source files).
+_no_autograph = tf.autograph.experimental.do_not_convert
 
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-6
 DEFAULT_MAX_STEPS = 10000
 
 
-def solve(
+@_no_autograph
+def solve(prob, alg=None, **options):
+    """Solve a problem: `ODEProblem`, `NonlinearProblem` or `SteadyStateProblem`.
+
+    For an `ODEProblem` see `_solve_ode` below (the options ``saveat``, ``dt``,
+    ``rtol``, ``atol``, ``max_steps``, ``dtmin``, ``dtmax``, ``controller``,
+    ``throw``). For ``f(u, p) = 0`` see `sensode.implicit.solve_nonlinear`
+    (``abstol``, ``reltol``, ``max_iters``, ``sensealg``, ``throw``). Options
+    are keyword-only; an unknown one raises `TypeError`.
+
+    Returns:
+      `ODESolution` or `NonlinearSolution`.
+    """
+    if isinstance(prob, (NonlinearProblem, SteadyStateProblem)):
+        return solve_nonlinear(prob, alg, **options)
+    unknown = sorted(set(options) - _ODE_OPTIONS)
+    if unknown:
+        raise TypeError(f"solve() got unknown option(s) {unknown} for an ODEProblem; known: {sorted(_ODE_OPTIONS)}")
+    return _solve_ode(prob, alg, **options)
+
+
+def _solve_ode(
     prob,
     alg=None,
     *,
@@ -35,6 +75,7 @@ def solve(
     dtmin=None,
     dtmax=None,
     controller: PIController | None = None,
+    sensealg=None,
     throw: bool = True,
 ) -> ODESolution:
     """Solve an `ODEProblem`.
@@ -55,6 +96,11 @@ def solve(
       dtmin, dtmax: bounds on the step size magnitude (``dtmin`` defaults to
         a few ulps of ``t``).
       controller: a `PIController` (defaults by method order).
+      sensealg: how `tf.GradientTape` differentiates the solution: a
+        `ForwardSensitivity`, `DiscreteAdjoint`, `BacksolveAdjoint`,
+        `InterpolatingAdjoint` or `QuadratureAdjoint`; None picks one from the
+        problem size (`default_sensealg`), and in eager mode with no tape
+        recording skips sensitivity work altogether.
       throw: in eager mode, raise `SolverError` if the solve failed. Inside
         `tf.function` nothing raises: read ``sol.status``.
 
@@ -66,6 +112,26 @@ def solve(
       TypeError / ValueError: bad input, naming the argument.
       SolverError: eager mode, ``throw=True``, and the solve failed.
     """
+    alg, spec, ts, t0, t1 = _prepare(
+        prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
+        dtmin=dtmin, dtmax=dtmax, controller=controller,
+    )
+    if sensealg is not None and not isinstance(sensealg, SensitivityAlgorithm):
+        raise TypeError(f"`sensealg` must be a sensode sensitivity algorithm, got {sensealg!r}")
+    u, stats, status = differentiable_solve(prob, spec, sensealg, prob.u0, ts, t0, t1)
+    sol = ODESolution(t=ts, u=u, stats=stats, status=status, prob=prob, alg=alg)
+    if throw and tf.executing_eagerly():
+        raise_if_failed(sol.status, f"solve with {alg!r}")
+    return sol
+
+
+_ODE_OPTIONS = frozenset(
+    k for k, prm in inspect.signature(_solve_ode).parameters.items() if prm.kind is inspect.Parameter.KEYWORD_ONLY
+)
+
+
+def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller):
+    """Validate an ODE solve's inputs; returns ``(alg, spec, ts, t0, t1)``."""
     if not isinstance(prob, ODEProblem):
         raise TypeError(f"`prob` must be an ODEProblem, got {type(prob).__name__}")
     alg = Tsit5() if alg is None else alg
@@ -99,28 +165,125 @@ def solve(
         ts = _v.as_time(saveat, dtype, "saveat")
         _v.check_saveat(ts, t0, t1)
 
-    rhs = _v.checked_rhs(prob.f, u0, prob.p)
-    res = integrate(
-        rhs,
-        u0,
-        t0,
-        t1,
-        tableau=alg.tableau,
-        saveat=ts,
-        dt=dt,
-        rtol=rtol,
-        atol=atol,
-        controller=controller,
-        max_steps=max_steps,
-        dtmin=dtmin,
-        dtmax=dtmax,
+    options = dict(
+        rtol=rtol, atol=atol, dt=dt, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax, controller=controller
     )
-    sol = ODESolution(t=ts, u=res.ys, stats=res.stats, status=res.status, prob=prob, alg=alg)
+    spec = Spec(f=_v.checked_f(prob.f, u0), tableau=alg.tableau, options=options)
+    return alg, spec, ts, t0, t1
+
+
+@_no_autograph
+def forward_sensitivities(
+    prob,
+    alg=None,
+    *,
+    saveat=None,
+    dt=None,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    dtmin=None,
+    dtmax=None,
+    controller: PIController | None = None,
+    throw: bool = True,
+) -> ForwardSensitivityResult:
+    """Solve an `ODEProblem` together with its forward sensitivities.
+
+    Integrates ``dS/dt = (df/du) S + df/dθ`` for every entry of ``u0``, every
+    floating leaf of ``p`` and every variable ``f`` reads, with the state and
+    under the same error control.
+
+    Args:
+      prob, alg, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller,
+        throw: as in `solve`.
+
+    Returns:
+      `ForwardSensitivityResult`: ``t`` ``[T]``, ``u`` ``[T, *u.shape]``,
+      ``du_du0`` ``[T, *u.shape, *u0.shape]``, ``du_dp`` (nest like ``p``,
+      each ``[T, *u.shape, *leaf.shape]``), ``du_dvars`` (list like
+      ``variables``), ``stats``, ``status``.
+
+    References: see `sensode.ForwardSensitivity`.
+    """
+    alg, spec, ts, t0, t1 = _prepare(
+        prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
+        dtmin=dtmin, dtmax=dtmax, controller=controller,
+    )
+    res = _forward_sensitivities(prob, spec, ts, t0, t1)
     if throw and tf.executing_eagerly():
-        raise_if_failed(sol.status, f"solve with {alg!r}")
-    return sol
+        raise_if_failed(res.status, "forward sensitivity solve")
+    return res
 
 
+@_no_autograph
+def adjoint_sensitivities(
+    sol: ODESolution,
+    alg=None,
+    *,
+    sensealg=None,
+    dgdu_discrete=None,
+    g=None,
+    dt=None,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    dtmin=None,
+    dtmax=None,
+    controller: PIController | None = None,
+    throw: bool = True,
+) -> AdjointSensitivityResult:
+    """Gradients of a loss on a solved problem by a continuous adjoint.
+
+    The loss is ``L = sum_i <dgdu_discrete[i], u(sol.t[i])> + int_{t0}^{t1}
+    g(t, u, p) dt`` (either part may be omitted): ``dgdu_discrete`` is the
+    gradient of the discrete part at the save points, ``g`` a scalar running
+    cost.
+
+    Args:
+      sol: the `ODESolution` of the forward solve (its problem and save times
+        are used; the forward solve is repeated as the method needs).
+      alg: ODE method for the forward and adjoint solves (default: the one of
+        ``sol``).
+      sensealg: `BacksolveAdjoint`, `InterpolatingAdjoint` (default) or
+        `QuadratureAdjoint`.
+      dgdu_discrete: ``[T, *u.shape]`` or None.
+      g: ``g(t, u, p) -> scalar`` or None.
+      dt, rtol, atol, max_steps, dtmin, dtmax, controller, throw: as in `solve`.
+
+    Returns:
+      `AdjointSensitivityResult` with ``du0``, ``dp`` (nest like ``p``),
+      ``dvars``, ``dt0``, ``dt1``, ``dts`` and the backward ``stats`` /
+      ``status``.
+    """
+    if not isinstance(sol, ODESolution) or sol.prob is None:
+        raise TypeError(f"`sol` must be the ODESolution of sensode.solve, got {type(sol).__name__}")
+    sensealg = InterpolatingAdjoint() if sensealg is None else sensealg
+    if not isinstance(sensealg, (BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint)):
+        raise TypeError(
+            f"`sensealg` must be BacksolveAdjoint, InterpolatingAdjoint or QuadratureAdjoint, got {sensealg!r}"
+        )
+    if dgdu_discrete is None and g is None:
+        raise ValueError("give `dgdu_discrete`, `g` or both: the loss is empty")
+    if g is not None and not callable(g):
+        raise TypeError(f"`g` must be callable as g(t, u, p), got {type(g).__name__}")
+    alg = sol.alg if alg is None else alg
+    alg, spec, ts, t0, t1 = _prepare(
+        sol.prob, alg, saveat=None, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
+        dtmin=dtmin, dtmax=dtmax, controller=controller,
+    )
+    if dgdu_discrete is not None:
+        dgdu_discrete = tf.convert_to_tensor(dgdu_discrete, sol.u.dtype)
+        if not dgdu_discrete.shape.is_compatible_with(sol.u.shape):
+            raise ValueError(
+                f"`dgdu_discrete` must have the shape of sol.u {sol.u.shape}, got {dgdu_discrete.shape}"
+            )
+    res = _adjoint_sensitivities(sol, spec, sensealg, dgdu_discrete, g)
+    if throw and tf.executing_eagerly():
+        raise_if_failed(res.status, f"backward solve of {type(sensealg).__name__}")
+    return res
+
+
+@_no_autograph
 def odeint(f, u0, t, p=None, *, alg=None, **options):
     """Solve ``du/dt = f(t, u, p)`` and return ``u`` at the times ``t``.
 
@@ -142,8 +305,7 @@ def odeint(f, u0, t, p=None, *, alg=None, **options):
     if "saveat" in options:
         raise TypeError("odeint takes the save times as `t`; do not pass `saveat`")
     u0 = check_u0(u0)
-    if not tf.is_tensor(t) and not isinstance(t, tf.Variable):
-        t = tf.constant(t, u0.dtype)
+    t = _v.as_time(t, u0.dtype, "t")
     if t.shape.rank != 1 or (t.shape[0] is not None and t.shape[0] < 2):
         raise ValueError(f"`t` must be a 1-D tensor of at least two times, got shape {t.shape}")
     prob = ODEProblem(f, u0, (t[0], t[-1]), p)

@@ -1,0 +1,270 @@
+"""Differentiable solves of ``f(u, p) = 0``: the implicit (discrete) adjoint.
+
+At a root ``u*(p)`` the implicit function theorem gives
+``(df/du) du/dp = -df/dp``. For a scalar loss ``g(u*)`` the reverse-mode
+gradient is therefore one *transposed* linear solve and one VJP,
+
+    (df/du)^T lam = (dg/du)^T,        dg/dp = -lam^T df/dp,
+
+whatever the method and the number of iterations that found ``u*``
+(`DiscreteAdjoint`, also called `SteadyStateAdjoint`); forward mode is one
+solve with ``df/dp`` as right-hand side, ``S = du/dp = -(df/du)^{-1} df/dp``
+(`ForwardSensitivity`). The iterations themselves are never differentiated:
+they run on `tf.stop_gradient` inputs inside `tf.custom_gradient`, so memory
+does not grow with the iteration count.
+
+Shapes: leading dimensions of ``u0`` are independent systems, the last one is
+the system: ``u0`` of shape ``[*batch, n]`` is canonicalised to ``[B, n]``,
+Jacobians are ``[B, n, n]`` (never one ``[B n, B n]`` matrix) and ``f`` must
+act row-wise (row ``b`` of ``f(u, p)`` depends only on row ``b`` of ``u``).
+A 1-D ``u0`` is one system; a scalar ``u0`` a system of one unknown.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from . import validation as _v
+from .linsolve import LU, JacobianOperator, LinearSolver
+from .nonlinear import NewtonRaphson, NonlinearAlgorithm
+from .problems import NonlinearProblem, SteadyStateProblem
+from .sensealg import DiscreteAdjoint, ForwardSensitivity
+from .solution import NonlinearSolution, SolverError, raise_if_failed
+
+__all__ = ["solve_nonlinear", "DEFAULT_MAX_ITERS"]
+
+DEFAULT_MAX_ITERS = 100
+
+_BACKWARD_MESSAGE = (
+    "implicit adjoint: the transposed linear solve (df/du)^T lam = dg/du failed; the Jacobian df/du "
+    "at the solution is singular (or the iterative linsolve did not converge), so du/dp is not "
+    "defined there"
+)
+
+
+def _default_tol(dtype) -> float:
+    # eps^(2/3): 3.7e-11 in float64, 2.4e-5 in float32 -- tight enough for
+    # gradients to carry most digits, loose enough to be reachable.
+    return float(np.finfo(dtype.as_numpy_dtype).eps) ** (2.0 / 3.0)
+
+
+def _is_float_leaf(x) -> bool:
+    return (tf.is_tensor(x) or isinstance(x, (tf.Variable, np.ndarray))) and tf.as_dtype(x.dtype).is_floating
+
+
+def solve_nonlinear(
+    prob,
+    alg: NonlinearAlgorithm | None = None,
+    *,
+    abstol=None,
+    reltol=None,
+    max_iters: int = DEFAULT_MAX_ITERS,
+    sensealg=None,
+    throw: bool = True,
+) -> NonlinearSolution:
+    """Solve ``f(u, p) = 0`` (or the steady state ``f(t, u, p) = 0``), differentiably.
+
+    Args:
+      prob: a `NonlinearProblem` (residual ``f(u, p)``) or a
+        `SteadyStateProblem` (``f(t, u, p)``, evaluated at ``t = 0``; it
+        should be autonomous). ``u0`` is the initial guess, ``[*batch, n]``
+        float32 / float64 with a static shape; leading dimensions are
+        independent systems and ``f`` must act row-wise on them.
+      alg: `NewtonRaphson()` (default), `NewtonKrylov()`,
+        `AndersonAcceleration()`, or `DynamicSS()` (steady states only).
+      abstol, reltol: system ``b`` has converged when
+        ``max|f(u_b)| <= abstol + reltol * max|u_b|``. Default
+        ``eps^(2/3)`` for both (3.7e-11 in float64, 2.4e-5 in float32).
+      max_iters: static bound on the iterations (for `DynamicSS`, on the
+        integration windows).
+      sensealg: `DiscreteAdjoint(linsolve=...)` (default; alias
+        `SteadyStateAdjoint`) or `ForwardSensitivity()`. Both give the same
+        gradients; `ForwardSensitivity` also fills ``sol.du_dp``.
+      throw: in eager mode, raise `SolverError` if the solve failed. Inside
+        `tf.function` nothing raises: read ``sol.status``.
+
+    Returns:
+      `NonlinearSolution`. ``sol.u`` is differentiable with respect to ``p``
+      (a tensor or a nest of tensors), to `tf.Variable`s read inside ``f``,
+      and to ``u0`` (zero).
+
+    Raises:
+      TypeError / ValueError: bad input, naming the argument.
+      SolverError: eager mode, ``throw=True`` and the solve failed; also,
+        when a gradient is taken in eager mode, if the backward linear solve
+        fails (singular ``df/du`` at the solution). Inside `tf.function` the
+        backward failure raises ``InvalidArgumentError`` when the graph runs;
+        under XLA (where assertions are dropped) the gradients are NaN.
+    """
+    steady = isinstance(prob, SteadyStateProblem)
+    if not isinstance(prob, (NonlinearProblem, SteadyStateProblem)):
+        raise TypeError(f"`prob` must be a NonlinearProblem or SteadyStateProblem, got {type(prob).__name__}")
+    alg = NewtonRaphson() if alg is None else alg
+    if not isinstance(alg, NonlinearAlgorithm):
+        raise TypeError(f"`alg` must be a nonlinear method such as sensode.NewtonRaphson(), got {alg!r}")
+    if alg.needs_rhs and not steady:
+        raise TypeError(f"{type(alg).__name__} integrates an ODE: use it with a SteadyStateProblem")
+    sensealg = DiscreteAdjoint() if sensealg is None else sensealg
+    if not isinstance(sensealg, (DiscreteAdjoint, ForwardSensitivity)):
+        raise TypeError(
+            "`sensealg` for f(u, p) = 0 must be DiscreteAdjoint (SteadyStateAdjoint) or ForwardSensitivity, "
+            f"got {sensealg!r}"
+        )
+    if isinstance(sensealg, DiscreteAdjoint):
+        if sensealg.checkpoints is not None:
+            raise ValueError("`checkpoints` has no meaning for f(u, p) = 0: the implicit adjoint stores only u*")
+        adj_linsolve = LU() if sensealg.linsolve is None else sensealg.linsolve
+    else:
+        adj_linsolve = alg._linsolve() if isinstance(alg, NewtonRaphson) else LU()
+    if not isinstance(adj_linsolve, LinearSolver):
+        raise TypeError(f"`linsolve` must be a sensode.linsolve solver, got {adj_linsolve!r}")
+
+    u0 = prob.u0
+    dtype = u0.dtype
+    shape = u0.shape
+    if not shape.is_fully_defined():
+        raise ValueError(f"`u0` must have a static shape, got {shape}")
+    _v.check_p(prob.p, dtype)
+    abstol = _v.check_tolerance(_default_tol(dtype) if abstol is None else abstol, "abstol", dtype)
+    reltol = _v.check_tolerance(_default_tol(dtype) if reltol is None else reltol, "reltol", dtype)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
+        raise ValueError(f"`max_iters` must be a positive Python int (a static loop bound), got {max_iters!r}")
+    max_iters = int(max_iters)
+
+    dims = shape.as_list()
+    n = dims[-1] if dims else 1
+    nb = int(math.prod(dims[:-1])) if dims else 1
+    canon = [nb, n]
+
+    leaves = tf.nest.flatten(prob.p)
+    diff_idx = [i for i, x in enumerate(leaves) if _is_float_leaf(x)]
+    # Reading a variable leaf here puts the read on the caller's tape, so its
+    # gradient flows back to the variable through the custom gradient below.
+    diff_leaves = [tf.convert_to_tensor(leaves[i], dtype) for i in diff_idx]
+
+    def rebuild(flat_diff):
+        out = list(leaves)
+        for i, x in zip(diff_idx, flat_diff):
+            out[i] = x
+        return tf.nest.pack_sequence_as(prob.p, out) if prob.p is not None else None
+
+    def user_f(u, p):
+        return prob.f(tf.constant(0, dtype), u, p) if steady else prob.f(u, p)
+
+    def residual(u_c, flat_diff):
+        r = user_f(tf.reshape(u_c, shape), rebuild(flat_diff))
+        r = tf.convert_to_tensor(r)
+        if r.dtype != dtype:
+            raise TypeError(f"`f` returned dtype {r.dtype.name}, but `u0` has dtype {dtype.name}")
+        if r.shape != shape:
+            raise ValueError(f"`f` returned shape {r.shape}, but `u0` has shape {shape}; f must have the shape of u")
+        return tf.reshape(r, canon)
+
+    def rhs_for(flat_diff):
+        if not steady:
+            return None
+        return lambda t, u_c: tf.reshape(prob.f(t, tf.reshape(u_c, shape), rebuild(flat_diff)), canon)
+
+    forward = {}
+
+    @tf.custom_gradient
+    def implicit_root(u0_c, *flat_diff):
+        # Values only: stop_gradient keeps the caller's tape from recording
+        # the iterations (see the module docstring for variables read by f).
+        flat_const = [tf.stop_gradient(x) for x in flat_diff]
+        res = alg.run(
+            lambda u: residual(u, flat_const),
+            tf.stop_gradient(u0_c),
+            abstol=abstol,
+            reltol=reltol,
+            max_iters=max_iters,
+            rhs=rhs_for(flat_const),
+        )
+        forward["res"] = res
+        u_star = tf.stop_gradient(res.u)
+
+        def grad(du, variables=None):
+            variables = list(variables or [])
+            thetas = flat_const + variables
+
+            def fn_theta(u, th):
+                return residual(u, th[: len(flat_const)])
+
+            if isinstance(sensealg, DiscreteAdjoint):
+                grads, ok = _adjoint_vjp(fn_theta, u_star, thetas, du, adj_linsolve)
+            else:
+                sens, ok = _forward_sensitivities(fn_theta, u_star, thetas, adj_linsolve)
+                grads = [tf.reshape(tf.einsum("bn,bnp->p", du, s), th.shape) for s, th in zip(sens, thetas)]
+            grads = _guard_backward(grads, ok)
+            input_grads = [tf.zeros_like(u0_c)] + grads[: len(flat_const)]
+            if variables:
+                return input_grads, grads[len(flat_const) :]
+            return input_grads
+
+        return tf.identity(res.u), grad
+
+    u_c = implicit_root(tf.reshape(u0, canon), *diff_leaves)
+    res = forward["res"]
+    u = tf.reshape(u_c, shape)
+    resid = tf.reshape(res.resid_norm, dims[:-1] if dims else [])
+
+    du_dp = None
+    if isinstance(sensealg, ForwardSensitivity) and diff_leaves:
+        flat_const = [tf.stop_gradient(x) for x in diff_leaves]
+        sens, _ = _forward_sensitivities(residual, tf.stop_gradient(res.u), flat_const, adj_linsolve)
+        out = [None] * len(leaves)
+        for i, s, x in zip(diff_idx, sens, flat_const):
+            out[i] = tf.reshape(s, dims + x.shape.as_list())
+        du_dp = tf.nest.pack_sequence_as(prob.p, out)
+
+    sol = NonlinearSolution(
+        u=u, resid_norm=resid, iterations=res.iterations, status=res.status, prob=prob, alg=alg, du_dp=du_dp
+    )
+    if throw and tf.executing_eagerly():
+        raise_if_failed(sol.status, f"solve with {alg!r}")
+    return sol
+
+
+def _adjoint_vjp(fn_theta, u_star, thetas, du, linsolve):
+    """``-lam^T df/dtheta`` with ``(df/du)^T lam = du``: one transposed solve, one VJP."""
+    op = JacobianOperator(lambda u: fn_theta(u, thetas), u_star)
+    lin = linsolve.solve(op, du, transpose=True)
+    with tf.GradientTape() as tape:
+        tape.watch(thetas)
+        r = fn_theta(u_star, thetas)
+    grads = tape.gradient(r, thetas, output_gradients=-lin.x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return grads, tf.reduce_all(lin.converged)
+
+
+def _forward_sensitivities(fn_theta, u_star, thetas, linsolve):
+    """``S = -(df/du)^{-1} df/dtheta`` for each theta: ``[B, n, size(theta)]`` each."""
+    if not thetas:
+        return [], tf.constant(True)
+    op = JacobianOperator(lambda u: fn_theta(u, thetas), u_star)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(thetas)
+        r = fn_theta(u_star, thetas)
+    nb, n = r.shape[0], r.shape[1]
+    cols = [
+        tf.reshape(tape.jacobian(r, th, unconnected_gradients=tf.UnconnectedGradients.ZERO), [nb, n, -1])
+        for th in thetas
+    ]
+    del tape
+    sizes = [c.shape[-1] for c in cols]
+    lin = linsolve.solve(op, -tf.concat(cols, axis=-1))
+    return tf.split(lin.x, sizes, axis=-1), tf.reduce_all(lin.converged)
+
+
+def _guard_backward(grads, ok):
+    """Raise (eager) / assert (graph) / NaN (XLA) when the backward solve failed."""
+    if tf.executing_eagerly():
+        if not bool(ok):
+            raise SolverError(_BACKWARD_MESSAGE)
+        return grads
+    check = tf.debugging.Assert(ok, [_BACKWARD_MESSAGE])  # dropped by XLA, hence the NaN below
+    with tf.control_dependencies([check]):
+        return [tf.where(ok, g, tf.constant(np.nan, g.dtype)) for g in grads]
