@@ -13,6 +13,7 @@ Layers (each imports only from those above it):
 """
 
 from . import linsolve, models
+from . import keras
 from .implicit import solve_nonlinear
 from .nonlinear import AndersonAcceleration, DynamicSS, NewtonKrylov, NewtonRaphson
 from .control import PIController
@@ -58,6 +59,7 @@ __all__ = [
     "SteadyStateProblem",
     "Tsit5",
     "models",
+    "keras",
     "linsolve",
     "solve_nonlinear",
     "AndersonAcceleration",

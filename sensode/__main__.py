@@ -38,7 +38,7 @@ _DT = flags.DEFINE_float("dt", None, "Step size (required for the fixed-step met
 _SAVES = flags.DEFINE_integer("saves", 11, "Number of equally spaced save times, t0 and t1 included.", lower_bound=2)
 _MODE = flags.DEFINE_enum(
     "mode",
-    "eager",
+    "xla",
     ["eager", "function", "xla"],
     "How to run the solve: eagerly (op by op from Python, slow), in tf.function, or in tf.function(jit_compile=True).",
 )

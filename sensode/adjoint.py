@@ -33,6 +33,7 @@ import tensorflow as tf
 from .derivatives import graph_if_eager, p_leaves, vjp
 from .loop import interpolate
 from .sensealg import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint
+from .sensitivity import segmented_forward, solve_segment
 from .solution import Status, raise_if_failed
 
 __all__ = ["ContinuousAdjointMethod", "backward_solve"]
@@ -56,21 +57,45 @@ def _fail_to_nan(x, status):
     return tf.where(bad, tf.fill(tf.shape(x), tf.constant(np.nan, x.dtype)), x)
 
 
-def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u, g_cont=None):
+def backward_solve(
+    spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u, g_cont=None, *, a_init=None, acc_init=None
+):
     """Solve the adjoint backwards; returns ``(du0, dp_list, dv_list, stats, status)``.
 
     Args:
+      u0: the state at ``t0`` (shape and dtype reference).
+      ts: ``[T]`` save times; only those in ``(t0, t1]`` enter as jumps.
+      t0, t1: the interval, integrated from ``t1`` back to ``t0``.
       u1: state at ``t1`` (used by the backsolve adjoint).
       record: forward dense output (`loop.Record`) or None (backsolve).
       g_u: ``[T, *u.shape]`` loss gradient at the save times ``ts``.
       g_cont: optional ``g(t, u, p)`` of a running cost ``int g dt`` (scalar).
+      a_init: adjoint at ``t1`` (default: the loss gradient at ``t1``);
+        given when chaining checkpointed segments.
+      acc_init: ``(dp_list, dv_list)`` accumulated so far.
     """
     f = spec.f
     dtype = u0.dtype
     direction = tf.where(t1 >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
     kind = type(sensealg)
-    leaves_p = p_leaves(p)
+    all_leaves = p_leaves(p)
+    # Only floating leaves have gradients; the others (e.g. an integer setting
+    # in a nest) take no part in the adjoint solve and get None.
+    is_float = [(tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating for x in all_leaves]
+    leaves_p = [x for x, fl in zip(all_leaves, is_float) if fl]
     rank = u0.shape.rank
+
+    def p_with(float_leaves):
+        it = iter(float_leaves)
+        full = [next(it) if fl else x for x, fl in zip(all_leaves, is_float)]
+        return tf.nest.pack_sequence_as(p, full) if p is not None else None
+
+    def float_only(xs):
+        return [x for x, fl in zip(xs, is_float) if fl]
+
+    def expand(float_grads):
+        it = iter(float_grads)
+        return [next(it) if fl else None for fl in is_float]
 
     def g_at(t):
         mask = tf.cast(tf.equal(ts, t), dtype)
@@ -89,12 +114,12 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
             tape.watch(leaves_p)
             for v in variables:
                 tape.watch(v)
-            val = g_cont(t, u, tf.nest.pack_sequence_as(p, leaves_p) if p is not None else None)
+            val = g_cont(t, u, p_with(leaves_p))
         return tape.gradient(val, [u] + leaves_p + list(variables), unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def adjoint_terms(t, u, a):
         _, du, dp, dv, _ = vjp(f, t, u, p, variables, a)
-        da, dgp, dgv = -du, [-x for x in dp], [-x for x in dv]
+        da, dgp, dgv = -du, [-x for x in float_only(dp)], [-x for x in dv]
         extra = running_cost_grads(t, u)
         if extra is not None:  # d/dt a = -a f_u - g_u for a running cost
             da = da - extra[0]
@@ -103,9 +128,12 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
             dgv = [x - e for x, e in zip(dgv, extra[1 + n_p :])]
         return da, dgp, dgv
 
-    a_start = g_at(t1)
-    gp0 = [tf.zeros_like(x) for x in leaves_p]
-    gv0 = [tf.zeros_like(v) for v in variables]
+    a_start = g_at(t1) if a_init is None else a_init
+    if acc_init is None:
+        gp0 = [tf.zeros_like(x) for x in leaves_p]
+        gv0 = [tf.zeros_like(v) for v in variables]
+    else:
+        gp0, gv0 = list(acc_init[0]), list(acc_init[1])
     zero_p = len(leaves_p) * [False]
     zero_v = len(variables) * [False]
     seminorm = sensealg.seminorm
@@ -159,7 +187,7 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
     if kind is QuadratureAdjoint:
         du0 = res.y1[0]
         tab_b = over.get("tableau", spec.tableau)
-        dp, dv, q_nfe = _quadrature(spec, tab_b, res.record, record, direction, p, variables, adjoint_terms)
+        dp, dv, q_nfe = _quadrature(spec, tab_b, res.record, record, direction, leaves_p, variables, adjoint_terms)
         stats = dict(stats)
         stats["nfe"] = stats["nfe"] + q_nfe
     elif kind is BacksolveAdjoint:
@@ -169,17 +197,16 @@ def backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u
     du0 = _fail_to_nan(du0, status)
     dp = [_fail_to_nan(x, status) for x in dp]
     dv = [_fail_to_nan(x, status) for x in dv]
-    return du0, dp, dv, stats, status
+    return du0, expand(dp), dv, stats, status
 
 
-def _quadrature(spec, tab_b, rec_b, rec_f, direction, p, variables, adjoint_terms):
+def _quadrature(spec, tab_b, rec_b, rec_f, direction, leaves_p, variables, adjoint_terms):
     """``int_{t0}^{t1} a^T df/dp dt`` by Gauss--Legendre on each backward step."""
     n_nodes = max(2, (spec.tableau.order + 2) // 2)
     x, w = np.polynomial.legendre.leggauss(n_nodes)
     dtype = rec_b.h.dtype
     x = (x + 1.0) / 2.0
     w = w / 2.0
-    leaves_p = p_leaves(p)
     acc0 = [tf.zeros_like(v) for v in leaves_p] + [tf.zeros_like(v) for v in variables]
 
     def body(j, acc):
@@ -206,19 +233,47 @@ def _quadrature(spec, tab_b, rec_b, rec_f, direction, p, variables, adjoint_term
 
 
 class ContinuousAdjointMethod:
-    """`forward` / `backward` pair for `sensitivity.differentiable`."""
+    """`forward` / `backward` pair for `sensitivity.differentiable`.
+
+    `InterpolatingAdjoint(checkpoints=k)` keeps only ``k + 1`` states in the
+    forward pass; the backward pass re-solves one segment at a time with its
+    dense output recorded (at most ``2 * ceil(max_steps / k)`` steps per
+    segment) and chains the adjoint across the cuts.
+    """
 
     def __init__(self, sensealg):
         self.sensealg = sensealg
+        self.k = getattr(sensealg, "checkpoints", None)
 
     def forward(self, spec, u0, ts, t0, t1, p, variables):
+        if self.k:
+            u_saved, stats, status, cuts, states, hs = segmented_forward(spec, u0, ts, t0, t1, p, self.k)
+            return u_saved, stats, status, (cuts, [tf.stop_gradient(s) for s in states], hs)
         record = not isinstance(self.sensealg, BacksolveAdjoint)
         res = spec.integrate(lambda t, u: spec.f(t, u, p), u0, t0, t1, saveat=ts, record=record)
         return res.ys, res.stats, res.status, (res.y1, res.record)
 
     def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
-        u1, record = aux
-        du0, dp, dv, _, status = backward_solve(spec, self.sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u)
+        if self.k:
+            du0, dp, dv, status = self._backward_segments(spec, u0, ts, t0, p, variables, aux, g_u)
+        else:
+            u1, record = aux
+            du0, dp, dv, _, status = backward_solve(spec, self.sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u)
         if tf.executing_eagerly():
             raise_if_failed(status, f"backward solve of {type(self.sensealg).__name__}")
         return du0, None, None, dp, dv
+
+    def _backward_segments(self, spec, u0, ts, t0, p, variables, aux, g_u):
+        cuts, states, hs = aux
+        cap = min(spec.options["max_steps"], 2 * -(-spec.options["max_steps"] // self.k))
+        a, acc, status = None, None, tf.constant(0, tf.int32)
+        for i in reversed(range(self.k)):
+            res, _ = solve_segment(spec, states[i], hs[i], cuts[i], cuts[i + 1], ts, p, record=True, max_steps=cap)
+            a, dp, dv, _, st = backward_solve(
+                spec, self.sensealg, u0, ts, cuts[i], cuts[i + 1], p, variables, res.y1, res.record, g_u,
+                a_init=a, acc_init=acc,
+            )
+            acc = (dp, dv)
+            status = tf.where(tf.equal(status, 0), tf.where(tf.equal(res.status, 0), st, res.status), status)
+        # The first segment's backward solve ends on t0 and applies its jump.
+        return a, acc[0], acc[1], status

@@ -49,7 +49,7 @@ def vjp(f, t, u, p, variables, cot, *, wrt_t: bool = False):
     leaves = p_leaves(p)
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(u)
-        tape.watch(leaves)
+        tape.watch([x for x in leaves if x.dtype.is_floating])  # others get zero gradients
         if wrt_t:
             tape.watch(t)
         for v in variables:

@@ -28,16 +28,9 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .derivatives import p_leaves
+from .sensitivity import segmented_forward, solve_segment
 
 __all__ = ["CheckpointedDiscreteAdjoint"]
-
-
-def _segment_bounds(t0, t1, k):
-    """Cut times ``t0 = c_0 < ... < c_k = t1``, equally spaced."""
-    frac = tf.linspace(tf.constant(0.0, t0.dtype), tf.constant(1.0, t0.dtype), k + 1)
-    cuts = t0 + (t1 - t0) * frac
-    cuts = tf.tensor_scatter_nd_update(cuts, [[0], [k]], tf.stack([t0, t1]))
-    return cuts
 
 
 class CheckpointedDiscreteAdjoint:
@@ -46,39 +39,8 @@ class CheckpointedDiscreteAdjoint:
     def __init__(self, checkpoints: int):
         self.k = int(checkpoints)
 
-    def _segment(self, spec, u_start, h_start, c0, c1, ts, p):
-        """Solve one segment, saving at the save times inside ``(c0, c1]``."""
-        direction = tf.where(c1 >= c0, tf.constant(1.0, c0.dtype), tf.constant(-1.0, c0.dtype))
-        inside = (direction * (ts - c0) > 0) & (direction * (ts - c1) <= 0)
-        # Save times outside the segment are clamped to its end; masked later.
-        ts_seg = tf.where(inside, ts, c1)
-        res = spec.integrate(lambda t, u: spec.f(t, u, p), u_start, c0, c1, saveat=ts_seg, dt=h_start)
-        return res, inside
-
-    def _forward_segments(self, spec, u0, ts, t0, t1, p):
-        cuts = _segment_bounds(t0, t1, self.k)
-        rank = u0.shape.rank
-        at_start = tf.reshape(tf.cast(tf.equal(ts, t0), u0.dtype), [-1] + [1] * rank)
-        u_saved = tf.zeros(tf.concat([tf.shape(ts), tf.shape(u0)], 0), u0.dtype) + at_start * u0[None]
-        u = u0
-        h = spec.options.get("dt")
-        states, hs = [u0], [h]
-        stats = None
-        status = tf.constant(0, tf.int32)
-        for i in range(self.k):
-            res, inside = self._segment(spec, u, h, cuts[i], cuts[i + 1], ts, p)
-            mask = tf.reshape(tf.cast(inside, u0.dtype), [-1] + [1] * rank)
-            u_saved = u_saved * (1.0 - mask) + mask * res.ys
-            u = res.y1
-            h = tf.abs(res.h)
-            states.append(u)
-            hs.append(h)
-            stats = res.stats if stats is None else {k: stats[k] + res.stats[k] for k in stats}
-            status = tf.where(tf.equal(status, 0), res.status, status)
-        return u_saved, stats, status, cuts, states, hs
-
     def forward(self, spec, u0, ts, t0, t1, p, variables):
-        u_saved, stats, status, cuts, states, hs = self._forward_segments(spec, u0, ts, t0, t1, p)
+        u_saved, stats, status, cuts, states, hs = segmented_forward(spec, u0, ts, t0, t1, p, self.k)
         states = [tf.stop_gradient(s) for s in states]
         hs = [None if h is None else tf.stop_gradient(h) for h in hs]
         return u_saved, stats, status, (cuts, states, hs)
@@ -100,7 +62,7 @@ class CheckpointedDiscreteAdjoint:
                 for v in variables:
                     tape.watch(v)
                 pp = tf.nest.pack_sequence_as(p, leaves_p) if p is not None else None
-                res, inside = self._segment(spec, u_start, hs[i], c0, c1, ts, pp)
+                res, inside = solve_segment(spec, u_start, hs[i], c0, c1, ts, pp)
                 mask = tf.reshape(tf.cast(inside, u0.dtype), [-1] + [1] * rank)
                 objective = tf.reduce_sum(mask * res.ys * g_u) + tf.reduce_sum(res.y1 * a)
             sources = [u_start] + [leaves_p[j] for j in float_idx] + list(variables)

@@ -123,8 +123,8 @@ def integrate(
         discrete adjoint see, except for the final step that lands on ``t1``.
       tstops: optional ``[K]`` times, monotone in the direction of
         integration: steps land on them exactly and keep the controller's step
-        size (no restart). Stops at or behind ``t0`` are ignored; a stop at
-        ``t1`` is honoured.
+        size (no restart). Stops at or behind ``t0``, and beyond ``t1``, are
+        ignored; a stop at ``t1`` is honoured.
       jump: ``jump(t, y) -> y`` applied once per distinct stop time (it must
         handle repeated stop times itself, e.g. by summing over them); the
         derivative is re-evaluated after it.
@@ -216,8 +216,10 @@ def integrate(
 
     def body(s: _State):
         if has_stops:
-            stop_left = s.stop < n_stops
-            target = tf.where(stop_left, tf.gather(tstops, tf.minimum(s.stop, n_stops - 1)), t1)
+            next_stop = tf.gather(tstops, tf.minimum(s.stop, n_stops - 1))
+            # Stops beyond t1 are not this solve's business.
+            stop_left = (s.stop < n_stops) & (direction * (next_stop - t1) <= 0)
+            target = tf.where(stop_left, next_stop, t1)
         else:
             target = t1
         remaining = target - s.t

@@ -22,7 +22,7 @@ from .derivatives import find_variables, map_batch, p_leaves
 from .loop import integrate
 from .tableau import ButcherTableau
 
-__all__ = ["Spec", "differentiable", "save_time_gradients"]
+__all__ = ["Spec", "differentiable", "save_time_gradients", "segmented_forward", "solve_segment"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,3 +96,49 @@ def differentiable(spec: Spec, method, u0, ts, t0, t1, p):
     u_saved, status = outs[0], outs[1]
     stats = dict(zip(stat_keys, outs[2:]))
     return u_saved, stats, status
+
+
+def segment_cuts(t0, t1, k: int):
+    """Cut times ``t0 = c_0, ..., c_k = t1``, equally spaced (exact end points)."""
+    frac = tf.linspace(tf.constant(0.0, t0.dtype), tf.constant(1.0, t0.dtype), k + 1)
+    cuts = t0 + (t1 - t0) * frac
+    return tf.tensor_scatter_nd_update(cuts, [[0], [k]], tf.stack([t0, t1]))
+
+
+def solve_segment(spec: Spec, u_start, h_start, c0, c1, ts, p, **overrides):
+    """Solve on ``[c0, c1]``, saving at the save times inside ``(c0, c1]``.
+
+    Returns ``(result, inside)``; rows of ``result.ys`` outside the segment
+    (``inside`` False) are meaningless.
+    """
+    direction = tf.where(c1 >= c0, tf.constant(1.0, c0.dtype), tf.constant(-1.0, c0.dtype))
+    inside = (direction * (ts - c0) > 0) & (direction * (ts - c1) <= 0)
+    ts_seg = tf.where(inside, ts, c1)  # outside times clamp to the end; masked later
+    res = spec.integrate(lambda t, u: spec.f(t, u, p), u_start, c0, c1, saveat=ts_seg, dt=h_start, **overrides)
+    return res, inside
+
+
+def segmented_forward(spec: Spec, u0, ts, t0, t1, p, k: int):
+    """Forward solve in ``k`` segments, keeping the states at the cuts.
+
+    Each segment starts with the step size the previous one ended with, so
+    the cuts cost one evaluation each, not a restart. Returns ``(u_saved,
+    stats, status, cuts, states, steps)`` with ``k + 1`` states and steps.
+    """
+    cuts = segment_cuts(t0, t1, k)
+    rank = u0.shape.rank
+    at_start = tf.reshape(tf.cast(tf.equal(ts, t0), u0.dtype), [-1] + [1] * rank)
+    u_saved = tf.zeros(tf.concat([tf.shape(ts), tf.shape(u0)], 0), u0.dtype) + at_start * u0[None]
+    u, h = u0, spec.options.get("dt")
+    states, hs = [u0], [h]
+    stats, status = None, tf.constant(0, tf.int32)
+    for i in range(k):
+        res, inside = solve_segment(spec, u, h, cuts[i], cuts[i + 1], ts, p)
+        mask = tf.reshape(tf.cast(inside, u0.dtype), [-1] + [1] * rank)
+        u_saved = u_saved * (1.0 - mask) + mask * res.ys
+        u, h = res.y1, tf.abs(res.h)
+        states.append(u)
+        hs.append(h)
+        stats = res.stats if stats is None else {key: stats[key] + res.stats[key] for key in stats}
+        status = tf.where(tf.equal(status, 0), res.status, status)
+    return u_saved, stats, status, cuts, states, hs
