@@ -54,14 +54,16 @@ def save_time_gradients(f, ts, u_saved, g_u, p):
 def differentiable(spec: Spec, method, u0, ts, t0, t1, p):
     """Run ``method.forward`` under a custom gradient given by ``method.backward``.
 
-    Returns ``(u_saved, stats, status, aux_outputs)``.
+    Returns ``(u_saved, stats, status)``.
     """
     leaves = p_leaves(p)
     is_float = [
         (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating for x in leaves
     ]
     float_leaves = [tf.convert_to_tensor(x) for x, fl in zip(leaves, is_float) if fl]
-    variables = find_variables(spec.f, t0, u0, p)
+    # Variables read inside f: custom_gradient hands their upstream list to
+    # `grad` as `variables` (in its own order); we compute in this order.
+    f_vars = find_variables(spec.f, t0, u0, p)
 
     def pack(float_vals):
         it = iter(float_vals)
@@ -73,10 +75,10 @@ def differentiable(spec: Spec, method, u0, ts, t0, t1, p):
     @tf.custom_gradient
     def run(u0_, ts_, t0_, *pf):
         pp = pack(pf)
-        u_saved, stats, status, aux = method.forward(spec, u0_, ts_, t0_, t1, pp, variables)
+        u_saved, stats, status, aux = method.forward(spec, u0_, ts_, t0_, t1, pp, f_vars)
 
         def grad(g_u, *unused, variables=None):
-            du0, dts, dt0, dp, dv = method.backward(spec, u0_, ts_, t0_, t1, pp, variables_used, aux, g_u)
+            du0, dts, dt0, dp, dv = method.backward(spec, u0_, ts_, t0_, t1, pp, f_vars, aux, g_u)
             if dts is None:
                 dts = save_time_gradients(spec.f, ts_, u_saved, g_u, pp)
             if dt0 is None:
@@ -85,13 +87,12 @@ def differentiable(spec: Spec, method, u0, ts, t0, t1, p):
             grads = [du0, dts, dt0] + dp_float
             if variables is None:
                 return grads
-            by_ref = {v.ref(): g for v, g in zip(variables_used, dv)}
+            by_ref = {v.ref(): g for v, g in zip(f_vars, dv)}
             return grads, [by_ref.get(v.ref(), tf.zeros_like(v)) for v in variables]
 
         outs = (u_saved, status) + tuple(stats[k] for k in stat_keys)
         return outs, grad
 
-    variables_used = variables
     outs = run(u0, ts, t0, *float_leaves)
     u_saved, status = outs[0], outs[1]
     stats = dict(zip(stat_keys, outs[2:]))
