@@ -33,7 +33,7 @@ import tensorflow as tf
 from .derivatives import graph_if_eager, p_leaves, vjp
 from .loop import interpolate
 from .sensealg import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint
-from .sensitivity import segmented_forward, solve_segment
+from .sensitivity import segment_cap, segmented_forward, solve_segment
 from .solution import Status, raise_if_failed
 
 __all__ = ["ContinuousAdjointMethod", "backward_solve"]
@@ -265,7 +265,7 @@ class ContinuousAdjointMethod:
 
     def _backward_segments(self, spec, u0, ts, t0, p, variables, aux, g_u):
         cuts, states, hs = aux
-        cap = min(spec.options["max_steps"], 2 * -(-spec.options["max_steps"] // self.k))
+        cap = segment_cap(spec, self.k)
         a, acc, status = None, None, tf.constant(0, tf.int32)
         for i in reversed(range(self.k)):
             res, _ = solve_segment(spec, states[i], hs[i], cuts[i], cuts[i + 1], ts, p, record=True, max_steps=cap)

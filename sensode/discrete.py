@@ -10,7 +10,8 @@ of a step-size heuristic is noise, not information.
 With ``checkpoints=k`` the time span is cut at ``k - 1`` interior times; the
 forward pass keeps only the states there, and the backward pass re-solves
 one segment at a time under a tape and chains the adjoint through it, so
-memory holds one segment's steps instead of all of them. The segments'
+memory holds one segment's steps instead of all of them (each segment may
+take at most ``2 ceil(max_steps / k)`` steps, the size of its buffers). The segments'
 solves restart at the cut times (carrying the step size across), so the
 computed solution is that of the segmented solve, and its gradient is exact.
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .derivatives import p_leaves
-from .sensitivity import segmented_forward, solve_segment
+from .sensitivity import segment_cap, segmented_forward, solve_segment
 
 __all__ = ["CheckpointedDiscreteAdjoint"]
 
@@ -62,7 +63,7 @@ class CheckpointedDiscreteAdjoint:
                 for v in variables:
                     tape.watch(v)
                 pp = tf.nest.pack_sequence_as(p, leaves_p) if p is not None else None
-                res, inside = solve_segment(spec, u_start, hs[i], c0, c1, ts, pp)
+                res, inside = solve_segment(spec, u_start, hs[i], c0, c1, ts, pp, max_steps=segment_cap(spec, self.k))
                 mask = tf.reshape(tf.cast(inside, u0.dtype), [-1] + [1] * rank)
                 objective = tf.reduce_sum(mask * res.ys * g_u) + tf.reduce_sum(res.y1 * a)
             sources = [u_start] + [leaves_p[j] for j in float_idx] + list(variables)

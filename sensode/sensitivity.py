@@ -22,7 +22,7 @@ from .derivatives import find_variables, map_batch, p_leaves
 from .loop import integrate
 from .tableau import ButcherTableau
 
-__all__ = ["Spec", "differentiable", "save_time_gradients", "segmented_forward", "solve_segment"]
+__all__ = ["Spec", "differentiable", "save_time_gradients", "segment_cap", "segmented_forward", "solve_segment"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +119,17 @@ def solve_segment(spec: Spec, u_start, h_start, c0, c1, ts, p, **overrides):
     return res, inside
 
 
+def segment_cap(spec: Spec, k: int) -> int:
+    """Step budget of one of ``k`` checkpointed segments: ``2 ceil(max_steps / k)``.
+
+    Under XLA every buffer is sized by its loop bound, so this, not the actual
+    step count, is what a segment's re-solve stores; a segment that needs more
+    steps fails with `Status.MAX_STEPS` (raise ``max_steps`` then).
+    """
+    max_steps = spec.options["max_steps"]
+    return min(max_steps, 2 * -(-max_steps // k))
+
+
 def segmented_forward(spec: Spec, u0, ts, t0, t1, p, k: int):
     """Forward solve in ``k`` segments, keeping the states at the cuts.
 
@@ -134,7 +145,7 @@ def segmented_forward(spec: Spec, u0, ts, t0, t1, p, k: int):
     states, hs = [u0], [h]
     stats, status = None, tf.constant(0, tf.int32)
     for i in range(k):
-        res, inside = solve_segment(spec, u, h, cuts[i], cuts[i + 1], ts, p)
+        res, inside = solve_segment(spec, u, h, cuts[i], cuts[i + 1], ts, p, max_steps=segment_cap(spec, k))
         mask = tf.reshape(tf.cast(inside, u0.dtype), [-1] + [1] * rank)
         u_saved = u_saved * (1.0 - mask) + mask * res.ys
         u, h = res.y1, tf.abs(res.h)
