@@ -72,7 +72,8 @@ def backward_solve(
       g_cont: optional ``g(t, u, p)`` of a running cost ``int g dt`` (scalar).
       a_init: adjoint at ``t1`` (default: the loss gradient at ``t1``);
         given when chaining checkpointed segments.
-      acc_init: ``(dp_list, dv_list)`` accumulated so far.
+      acc_init: ``(dp_list, dv_list)`` accumulated so far (``dp_list`` over
+        the floating leaves of ``p`` only).
     """
     f = spec.f
     dtype = u0.dtype
@@ -248,14 +249,14 @@ class ContinuousAdjointMethod:
     def forward(self, spec, u0, ts, t0, t1, p, variables):
         if self.k:
             u_saved, stats, status, cuts, states, hs = segmented_forward(spec, u0, ts, t0, t1, p, self.k)
-            return u_saved, stats, status, (cuts, [tf.stop_gradient(s) for s in states], hs)
+            return u_saved, stats, status, (cuts, tf.stop_gradient(states), tf.stop_gradient(hs))
         record = not isinstance(self.sensealg, BacksolveAdjoint)
         res = spec.integrate(lambda t, u: spec.f(t, u, p), u0, t0, t1, saveat=ts, record=record)
         return res.ys, res.stats, res.status, (res.y1, res.record)
 
     def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
         if self.k:
-            du0, dp, dv, status = self._backward_segments(spec, u0, ts, t0, p, variables, aux, g_u)
+            du0, dp, dv, status = self._backward_segments(spec, u0, ts, t0, t1, p, variables, aux, g_u)
         else:
             u1, record = aux
             du0, dp, dv, _, status = backward_solve(spec, self.sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u)
@@ -263,17 +264,37 @@ class ContinuousAdjointMethod:
             raise_if_failed(status, f"backward solve of {type(self.sensealg).__name__}")
         return du0, None, None, dp, dv
 
-    def _backward_segments(self, spec, u0, ts, t0, p, variables, aux, g_u):
+    def _segment_adjoint(self, spec, i, cuts, states, hs, ts, p, variables, g_u, u0, a, acc, first: bool):
+        dt = spec.options.get("dt") if first else hs[i]
+        res, _ = solve_segment(spec, states[i], dt, cuts[i], cuts[i + 1], ts, p, record=True, max_steps=segment_cap(spec, self.k))
+        a, dp, dv, _, st = backward_solve(
+            spec, self.sensealg, u0, ts, cuts[i], cuts[i + 1], p, variables, res.y1, res.record, g_u,
+            a_init=a, acc_init=acc,
+        )
+        # Carry only the floating leaves' gradients (the others are None).
+        return a, ([x for x in dp if x is not None], list(dv)), tf.where(tf.equal(res.status, 0), st, res.status)
+
+    def _backward_segments(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
         cuts, states, hs = aux
-        cap = segment_cap(spec, self.k)
-        a, acc, status = None, None, tf.constant(0, tf.int32)
-        for i in reversed(range(self.k)):
-            res, _ = solve_segment(spec, states[i], hs[i], cuts[i], cuts[i + 1], ts, p, record=True, max_steps=cap)
-            a, dp, dv, _, st = backward_solve(
-                spec, self.sensealg, u0, ts, cuts[i], cuts[i + 1], p, variables, res.y1, res.record, g_u,
-                a_init=a, acc_init=acc,
-            )
-            acc = (dp, dv)
-            status = tf.where(tf.equal(status, 0), tf.where(tf.equal(res.status, 0), st, res.status), status)
+        rank = u0.shape.rank
+        at_end = tf.reshape(tf.cast(tf.equal(ts, t1), u0.dtype), [-1] + [1] * rank)
+        a0 = tf.reduce_sum(at_end * g_u, axis=0)  # the loss gradient at t1
+        is_float = [x.dtype.is_floating for x in p_leaves(p)]
+        acc0 = ([tf.zeros_like(x) for x, fl in zip(p_leaves(p), is_float) if fl], [tf.zeros_like(v) for v in variables])
+
+        def body(i, a, acc, status):
+            a, acc, st = self._segment_adjoint(spec, i, cuts, states, hs, ts, p, variables, g_u, u0, a, acc, False)
+            return i - 1, a, acc, tf.where(tf.equal(status, 0), st, status)
+
+        # Segments k-1..1 in one loop; segment 0 (automatic first step) peeled.
+        _, a, acc, status = tf.while_loop(
+            lambda i, *_: i > 0,
+            body,
+            (tf.constant(self.k - 1, tf.int32), a0, acc0, tf.constant(0, tf.int32)),
+            maximum_iterations=max(self.k - 1, 1),
+        )
+        a, acc, st = self._segment_adjoint(spec, 0, cuts, states, hs, ts, p, variables, g_u, u0, a, acc, True)
+        status = tf.where(tf.equal(status, 0), st, status)
         # The first segment's backward solve ends on t0 and applies its jump.
-        return a, acc[0], acc[1], status
+        it = iter(acc[0])
+        return a, [next(it) if fl else None for fl in is_float], acc[1], status

@@ -133,24 +133,47 @@ def segment_cap(spec: Spec, k: int) -> int:
 def segmented_forward(spec: Spec, u0, ts, t0, t1, p, k: int):
     """Forward solve in ``k`` segments, keeping the states at the cuts.
 
-    Each segment starts with the step size the previous one ended with, so
-    the cuts cost one evaluation each, not a restart. Returns ``(u_saved,
-    stats, status, cuts, states, steps)`` with ``k + 1`` states and steps.
+    Each segment starts with the step size the previous one ended with, so a
+    cut costs one evaluation, not a restart. Segments ``1..k-1`` run in one
+    `tf.while_loop` (one copy in the graph, whatever ``k``); the first is
+    peeled off because its first step may be chosen automatically.
+
+    Returns ``(u_saved, stats, status, cuts, states, steps)``: ``states``
+    ``[k + 1, *u0.shape]`` and ``steps`` ``[k + 1]`` (the first step of each
+    segment; entry 0 is 0 when automatic).
     """
     cuts = segment_cuts(t0, t1, k)
     rank = u0.shape.rank
-    at_start = tf.reshape(tf.cast(tf.equal(ts, t0), u0.dtype), [-1] + [1] * rank)
-    u_saved = tf.zeros(tf.concat([tf.shape(ts), tf.shape(u0)], 0), u0.dtype) + at_start * u0[None]
-    u, h = u0, spec.options.get("dt")
-    states, hs = [u0], [h]
-    stats, status = None, tf.constant(0, tf.int32)
-    for i in range(k):
-        res, inside = solve_segment(spec, u, h, cuts[i], cuts[i + 1], ts, p, max_steps=segment_cap(spec, k))
-        mask = tf.reshape(tf.cast(inside, u0.dtype), [-1] + [1] * rank)
-        u_saved = u_saved * (1.0 - mask) + mask * res.ys
-        u, h = res.y1, tf.abs(res.h)
-        states.append(u)
-        hs.append(h)
-        stats = res.stats if stats is None else {key: stats[key] + res.stats[key] for key in stats}
+    cap = segment_cap(spec, k)
+    dtype = u0.dtype
+    at_start = tf.reshape(tf.cast(tf.equal(ts, t0), dtype), [-1] + [1] * rank)
+    u_saved = tf.zeros(tf.concat([tf.shape(ts), tf.shape(u0)], 0), dtype) + at_start * u0[None]
+
+    def merge(u_saved, res, inside):
+        mask = tf.reshape(tf.cast(inside, dtype), [-1] + [1] * rank)
+        return u_saved * (1.0 - mask) + mask * res.ys
+
+    dt = spec.options.get("dt")
+    res, inside = solve_segment(spec, u0, dt, cuts[0], cuts[1], ts, p, max_steps=cap)
+    u_saved = merge(u_saved, res, inside)
+    states = tf.tensor_scatter_nd_update(tf.zeros(tf.concat([[k + 1], tf.shape(u0)], 0), dtype), [[0], [1]], tf.stack([u0, res.y1]))
+    h0 = tf.zeros([], dtype) if dt is None else tf.abs(tf.cast(dt, dtype))
+    hs = tf.tensor_scatter_nd_update(tf.zeros([k + 1], dtype), [[0], [1]], tf.stack([h0, tf.abs(res.h)]))
+    keys = ("nfe", "steps", "accepted", "rejected")
+    stats0 = tuple(res.stats[key] for key in keys)
+
+    def body(i, u_saved, states, hs, stats, status):
+        res, inside = solve_segment(spec, states[i], hs[i], cuts[i], cuts[i + 1], ts, p, max_steps=cap)
+        states = tf.tensor_scatter_nd_update(states, [[i + 1]], res.y1[None])
+        hs = tf.tensor_scatter_nd_update(hs, [[i + 1]], tf.abs(res.h)[None])
+        stats = tuple(a + res.stats[key] for a, key in zip(stats, keys))
         status = tf.where(tf.equal(status, 0), res.status, status)
-    return u_saved, stats, status, cuts, states, hs
+        return i + 1, merge(u_saved, res, inside), states, hs, stats, status
+
+    _, u_saved, states, hs, stats, status = tf.while_loop(
+        lambda i, *_: i < k,
+        body,
+        (tf.constant(1, tf.int32), u_saved, states, hs, stats0, res.status),
+        maximum_iterations=max(k - 1, 1),
+    )
+    return u_saved, dict(zip(keys, stats)), status, cuts, states, hs
