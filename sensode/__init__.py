@@ -9,10 +9,12 @@ Layers (each imports only from those above it):
    `sensitivity` and `derivatives`), `nonlinear` (Newton, Newton-Krylov,
    Anderson, DynamicSS), `implicit` (the implicit adjoint of f(u, p) = 0)
 5. entry points: `solve`, `sensitivities`
-6. front-ends: `models`
+6. front-ends: `models`, `comparison` (CLI: `compare`), `estimation`
 """
 
-from . import linsolve, models
+from . import estimation, linsolve, models
+from .comparison import Comparison, compare_sensitivities
+from .estimation import FitResult, fit
 from . import keras
 from .implicit import solve_nonlinear
 from .nonlinear import AndersonAcceleration, DynamicSS, NewtonKrylov, NewtonRaphson
@@ -72,6 +74,11 @@ __all__ = [
     "forward_sensitivities",
     "adjoint_sensitivities",
     "default_sensealg",
+    "compare_sensitivities",
+    "Comparison",
+    "estimation",
+    "fit",
+    "FitResult",
     "ForwardSensitivityResult",
     "AdjointSensitivityResult",
 ]

@@ -85,7 +85,10 @@ def solve_nonlinear(
         `SteadyStateAdjoint`) or `ForwardSensitivity()`. Both give the same
         gradients; `ForwardSensitivity` also fills ``sol.du_dp``.
       throw: in eager mode, raise `SolverError` if the solve failed. Inside
-        `tf.function` nothing raises: read ``sol.status``.
+        `tf.function` nothing raises: read ``sol.status``. With
+        ``throw=False`` the backward pass does not raise either: a failed
+        forward or backward solve gives NaN gradients (for optimisers that
+        treat such a trial as failed).
 
     Returns:
       `NonlinearSolution`. ``sol.u`` is differentiable with respect to ``p``
@@ -94,8 +97,8 @@ def solve_nonlinear(
 
     Raises:
       TypeError / ValueError: bad input, naming the argument.
-      SolverError: eager mode, ``throw=True`` and the solve failed; also,
-        when a gradient is taken in eager mode, if the backward linear solve
+      SolverError: eager mode, ``throw=True`` and the solve failed; also
+        (``throw=True``), when a gradient is taken in eager mode, if the backward linear solve
         fails (singular ``df/du`` at the solution). Inside `tf.function` the
         backward failure raises ``InvalidArgumentError`` when the graph runs;
         under XLA (where assertions are dropped) the gradients are NaN.
@@ -199,7 +202,7 @@ def solve_nonlinear(
             else:
                 sens, ok = _forward_sensitivities(fn_theta, u_star, thetas, adj_linsolve)
                 grads = [tf.reshape(tf.einsum("bn,bnp->p", du, s), th.shape) for s, th in zip(sens, thetas)]
-            grads = _guard_backward(grads, ok)
+            grads = _guard_backward(grads, ok, tf.equal(res.status, 0), throw)
             input_grads = [tf.zeros_like(u0_c)] + grads[: len(flat_const)]
             if variables:
                 return input_grads, grads[len(flat_const) :]
@@ -259,12 +262,21 @@ def _forward_sensitivities(fn_theta, u_star, thetas, linsolve):
     return tf.split(lin.x, sizes, axis=-1), tf.reduce_all(lin.converged)
 
 
-def _guard_backward(grads, ok):
-    """Raise (eager) / assert (graph) / NaN (XLA) when the backward solve failed."""
+def _guard_backward(grads, ok, forward_ok, throw=True):
+    """Raise (eager) / assert (graph) / NaN (XLA) when the backward solve failed.
+
+    A failed *forward* solve (its status is non-zero: the caller chose
+    ``throw=False`` and reads the status) gives NaN gradients without raising,
+    and so does everything with ``throw=False``: an optimiser can then treat
+    the trial as failed instead of crashing.
+    """
+    nan = [tf.where(ok & forward_ok, g, tf.constant(np.nan, g.dtype)) for g in grads]
+    if not throw:
+        return nan
     if tf.executing_eagerly():
-        if not bool(ok):
+        if bool(forward_ok) and not bool(ok):
             raise SolverError(_BACKWARD_MESSAGE)
-        return grads
-    check = tf.debugging.Assert(ok, [_BACKWARD_MESSAGE])  # dropped by XLA, hence the NaN below
+        return [tf.where(ok & forward_ok, g, tf.constant(np.nan, g.dtype)) for g in grads]
+    check = tf.debugging.Assert(ok | ~forward_ok, [_BACKWARD_MESSAGE])  # dropped by XLA, hence the NaN below
     with tf.control_dependencies([check]):
-        return [tf.where(ok, g, tf.constant(np.nan, g.dtype)) for g in grads]
+        return [tf.where(ok & forward_ok, g, tf.constant(np.nan, g.dtype)) for g in grads]

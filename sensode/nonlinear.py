@@ -25,7 +25,7 @@ adjoint instead).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf

@@ -23,7 +23,6 @@ from reference_problems import (
     LINEAR_U0,
     decay_exact,
     decay_problem,
-    in_mode,
     linear_exact,
     linear_problem,
     linear_rhs,

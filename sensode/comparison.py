@@ -1,0 +1,486 @@
+"""Compare the sensitivity algorithms on one problem and loss: accuracy, time, work, memory.
+
+`compare_sensitivities` computes ``dL/dθ`` for a problem and a loss with every
+applicable sensitivity algorithm, a tight-tolerance reference and central
+finite differences, and returns a `Comparison`: an aligned text table
+(``str``), JSON (``to_json`` / ``from_json``) and a figure of error versus
+time (``plot``, needs the optional ``matplotlib``).
+
+Command line (absl flags; see ``docs/cli.md``; the CLI lives in
+``sensode/compare.py`` so that ``python -m`` runs a module the package has not
+imported)::
+
+  python -m sensode.compare --problem=lotka_volterra
+  python -m sensode.compare --problem=lorenz --sensealgs=BacksolveAdjoint,InterpolatingAdjoint
+  python -m sensode.compare --problem=brusselator_1d --jit=false --json_out=/tmp/b.json
+
+The loss is ``loss(u) -> scalar`` on the saved states ``u`` of shape
+``[T, *u0.shape]`` (``T = len(saveat)``, or 2 for ``saveat=None``: the states
+at ``t0`` and ``t1``). It must be written with TensorFlow ops (it is traced in
+`tf.function` and differentiated by `tf.GradientTape`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+from .derivatives import p_leaves
+from .sensealg import (
+    BacksolveAdjoint,
+    DiscreteAdjoint,
+    ForwardSensitivity,
+    InterpolatingAdjoint,
+    QuadratureAdjoint,
+    SensitivityAlgorithm,
+)
+from .solve import adjoint_sensitivities, solve
+from .solvers import Tsit5
+
+__all__ = ["compare_sensitivities", "Comparison", "Row", "default_sensealgs", "parse_sensealg", "sensealg_name"]
+
+REFERENCE_RTOL = 1e-10
+REFERENCE_ATOL = 1e-12
+# ForwardSensitivity carries M = len(u0) + len(theta) tangents of the state; above
+# this many state-tangent entries (M * len(u0)) it is not run (memory).
+FORWARD_MAX_ENTRIES = 2_000_000
+# Checkpoint count of the checkpointed variants in the default list.
+DEFAULT_CHECKPOINTS = 4
+
+
+@dataclasses.dataclass
+class Row:
+    """One algorithm's line of the comparison.
+
+    Attributes:
+      sensealg: the algorithm's name, e.g. ``"InterpolatingAdjoint(checkpoints=4)"``,
+        ``"finite differences"``.
+      gradient: ``[n]`` flattened ``dL/dθ`` as a list of floats (None if failed / skipped).
+      rel_error: ``|g - g_ref|_2 / |g_ref|_2`` (None if not computed).
+      time_s: median wall time of one loss-and-gradient call after warm-up.
+      compile_s: wall time of the first call (tracing, plus XLA compilation under ``jit_compile``).
+      nfe_forward: right-hand-side evaluations of the forward solve (``sol.stats['nfe']``).
+      nfe_backward: evaluations (or VJPs) of the backward pass; see ``nfe_note``.
+      peak_memory_bytes: peak of TensorFlow's CPU/GPU allocator during one call, or None.
+      status: ``"ok"``, ``"inaccurate"`` (rel_error above the comparison's tolerance),
+        ``"failed: ..."`` or ``"skipped: ..."``.
+      nfe_note: how ``nfe_backward`` was obtained.
+    """
+
+    sensealg: str
+    gradient: list | None = None
+    rel_error: float | None = None
+    time_s: float | None = None
+    compile_s: float | None = None
+    nfe_forward: int | None = None
+    nfe_backward: int | None = None
+    peak_memory_bytes: int | None = None
+    status: str = "ok"
+    nfe_note: str = ""
+
+
+@dataclasses.dataclass
+class Comparison:
+    """The result of `compare_sensitivities`.
+
+    Attributes:
+      rows: list of `Row`, one per algorithm, then the finite-difference row.
+      reference: how the reference gradient was computed (text).
+      reference_gradient: ``[n]`` list of floats.
+      tolerance: the relative error a row may have and still be ``"ok"``.
+      problem: a short description of the problem, method and tolerances.
+      memory_note: how memory was measured (or why it was not).
+    """
+
+    rows: list
+    reference: str
+    reference_gradient: list
+    tolerance: float
+    problem: str = ""
+    memory_note: str = ""
+
+    def __str__(self) -> str:
+        head = ["sensealg", "rel_error", "time_ms", "compile_s", "nfe_fwd", "nfe_bwd", "peak_MB", "status"]
+
+        def fmt(x, spec):
+            return "-" if x is None else format(x, spec)
+
+        lines = [
+            [
+                r.sensealg, fmt(r.rel_error, ".2e"), fmt(None if r.time_s is None else 1e3 * r.time_s, ".2f"),
+                fmt(r.compile_s, ".1f"), fmt(r.nfe_forward, "d"), fmt(r.nfe_backward, "d"),
+                fmt(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, ".2f"), r.status,
+            ]
+            for r in self.rows
+        ]
+        widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
+        out = [self.problem, f"reference: {self.reference}; ok if rel_error <= {self.tolerance:.1e}"]
+        for x in [head] + lines:
+            out.append("  ".join(s.ljust(w) if i in (0, 7) else s.rjust(w) for i, (s, w) in enumerate(zip(x, widths))).rstrip())
+        notes = sorted({f"{r.sensealg}: nfe_bwd {r.nfe_note}" for r in self.rows if r.nfe_note})
+        out += notes + ([self.memory_note] if self.memory_note else [])
+        return "\n".join(out)
+
+    def to_json(self) -> str:
+        """A JSON list of rows (dicts with the `Row` fields); metadata rides in every row."""
+        meta = dict(reference=self.reference, reference_gradient=self.reference_gradient,
+                    tolerance=self.tolerance, problem=self.problem, memory_note=self.memory_note)
+        return json.dumps([dict(dataclasses.asdict(r), **meta) for r in self.rows], indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Comparison":
+        """Inverse of `to_json`."""
+        data = json.loads(text)
+        if not data:
+            raise ValueError("empty comparison JSON")
+        names = {f.name for f in dataclasses.fields(Row)}
+        rows = [Row(**{k: v for k, v in d.items() if k in names}) for d in data]
+        d = data[0]
+        return cls(rows=rows, reference=d["reference"], reference_gradient=d["reference_gradient"],
+                   tolerance=d["tolerance"], problem=d.get("problem", ""), memory_note=d.get("memory_note", ""))
+
+    def row(self, name: str) -> Row:
+        """The row named ``name``."""
+        for r in self.rows:
+            if r.sensealg == name:
+                return r
+        raise KeyError(f"no row {name!r}; rows: {[r.sensealg for r in self.rows]}")
+
+    def plot(self, path: str) -> None:
+        """Save a figure of relative error versus median time, one point per algorithm (PNG, PDF, ...).
+
+        Raises:
+          ImportError: matplotlib is missing (``pip install sensode[plot]``).
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as e:
+            raise ImportError("Comparison.plot needs matplotlib: pip install 'sensode[plot]'") from e
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for r in self.rows:
+            if r.time_s is None or r.rel_error is None:
+                continue
+            ax.scatter(r.time_s * 1e3, max(r.rel_error, 1e-17), label=r.sensealg)
+        ax.axhline(self.tolerance, color="gray", ls="--", lw=0.8, label="tolerance")
+        ax.set(xscale="log", yscale="log", xlabel="median time per gradient [ms]",
+               ylabel="relative error of dL/dθ", title=self.problem[:80])
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def sensealg_name(sa) -> str:
+    """Short display name: the class name, plus ``(checkpoints=k)`` when set."""
+    k = getattr(sa, "checkpoints", None)
+    return type(sa).__name__ + (f"(checkpoints={k})" if k else "")
+
+
+def parse_sensealg(text: str) -> SensitivityAlgorithm:
+    """``"InterpolatingAdjoint"`` or ``"DiscreteAdjoint(checkpoints=4)"`` -> the algorithm object."""
+    classes = {c.__name__: c for c in (ForwardSensitivity, DiscreteAdjoint, BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint)}
+    m = re.fullmatch(r"\s*(\w+)\s*(?:\(\s*(?:checkpoints\s*=\s*(\d+))?\s*\))?\s*", text)
+    if not m or m.group(1) not in classes:
+        raise ValueError(f"unknown sensealg {text!r}; one of {sorted(classes)}, optionally with (checkpoints=k)")
+    cls = classes[m.group(1)]
+    if m.group(2):
+        if cls not in (DiscreteAdjoint, InterpolatingAdjoint):
+            raise ValueError(f"{cls.__name__} takes no checkpoints")
+        return cls(checkpoints=int(m.group(2)))
+    return cls()
+
+
+def _sizes(prob, wrt):
+    n_u = int(prob.u0.shape.num_elements())
+    n_p = sum(int(x.shape.num_elements()) for x in _float_leaves(prob.p))
+    return n_u, (n_u if "u0" in wrt else 0) + (n_p if "p" in wrt else 0)
+
+
+def default_sensealgs(prob, wrt=("p",)) -> list:
+    """Every algorithm applicable to ``prob``: ForwardSensitivity when its tangents fit
+    (``(len(u0) + len(θ)) * len(u0) <= FORWARD_MAX_ENTRIES``), then the discrete adjoint with
+    and without checkpoints, backsolve, interpolating (with and without checkpoints) and
+    quadrature adjoints."""
+    n_u, n_theta = _sizes(prob, wrt)
+    algs = [ForwardSensitivity()] if (n_u + n_theta) * n_u <= FORWARD_MAX_ENTRIES else []
+    return algs + [
+        DiscreteAdjoint(), DiscreteAdjoint(checkpoints=DEFAULT_CHECKPOINTS), BacksolveAdjoint(),
+        InterpolatingAdjoint(), InterpolatingAdjoint(checkpoints=DEFAULT_CHECKPOINTS), QuadratureAdjoint(),
+    ]
+
+
+def _float_leaves(p):
+    return [x for x in p_leaves(p) if tf.is_tensor(x) and x.dtype.is_floating] if p is not None else []
+
+
+def _cast_problem(prob, dtype):
+    p = None if prob.p is None else tf.nest.map_structure(
+        lambda x: tf.cast(x, dtype) if tf.is_tensor(x) and x.dtype.is_floating else x, prob.p)
+    return prob.remake(u0=tf.cast(prob.u0, dtype), p=p)
+
+
+def _theta_fn(prob, wrt):
+    """``(theta0 [n] float64, build(theta) -> (u0, p))``: flatten the differentiated inputs."""
+    leaves = p_leaves(prob.p) if prob.p is not None else []
+    float_idx = [i for i, x in enumerate(leaves) if tf.is_tensor(x) and x.dtype.is_floating] if "p" in wrt else []
+    parts = ([prob.u0] if "u0" in wrt else []) + [leaves[i] for i in float_idx]
+    theta0 = tf.concat([tf.reshape(tf.cast(x, tf.float64), [-1]) for x in parts], 0) if parts else tf.zeros([0], tf.float64)
+    sizes = [int(x.shape.num_elements()) for x in parts]
+
+    def build(theta, dtype):
+        chunks = tf.split(theta, sizes) if sizes else []
+        chunks = [tf.reshape(tf.cast(c, dtype), x.shape) for c, x in zip(chunks, parts)]
+        u0 = chunks.pop(0) if "u0" in wrt else tf.cast(prob.u0, dtype)
+        new = [tf.cast(x, dtype) if tf.is_tensor(x) and x.dtype.is_floating else x for x in leaves]
+        for i, c in zip(float_idx, chunks):
+            new[i] = c
+        p = tf.nest.pack_sequence_as(prob.p, new) if prob.p is not None else None
+        return u0, p
+
+    return theta0, build
+
+
+def _loss_and_grad_fn(prob, loss, build, dtype, sensealg, alg, solve_kw, jit_compile):
+    @tf.function(jit_compile=jit_compile, autograph=False)
+    def fn(theta):
+        with tf.GradientTape() as tape:
+            tape.watch(theta)
+            u0, p = build(theta, dtype)
+            sol = solve(prob.remake(u0=u0, p=p), alg, sensealg=sensealg, throw=False, **solve_kw)
+            value = tf.cast(loss(sol.u), tf.float64)
+        return value, tape.gradient(value, theta), sol.u, sol.stats, sol.status
+
+    return fn
+
+
+def _reset_memory(device):
+    try:
+        tf.config.experimental.reset_memory_stats(device)
+        return True
+    except (ValueError, tf.errors.OpError, AttributeError):
+        return False
+
+
+def _peak_memory(device):
+    try:
+        return int(tf.config.experimental.get_memory_info(device)["peak"])
+    except (ValueError, tf.errors.OpError, AttributeError, KeyError):
+        return None
+
+
+def _time_calls(fn, theta, reps):
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn(theta)
+        _ = out[0].numpy()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def _backward_nfe(sa, theta, build, prob, loss, alg, solve_kw, nfe_forward):
+    """(nfe_backward, note) following the convention of benchmarks/sensitivity_benchmark.py."""
+    if isinstance(sa, ForwardSensitivity):
+        return 0, "0: no backward pass (each forward evaluation also carries len(u0)+len(θ) JVPs)"
+    if isinstance(sa, DiscreteAdjoint):
+        if sa.checkpoints:
+            return 2 * nfe_forward, "2 x nfe_fwd: segments re-solved, then one VJP per evaluation"
+        return nfe_forward, "= nfe_fwd: one VJP per forward evaluation (reverse sweep)"
+    u0, p = build(theta, prob.u0.dtype)
+
+    @tf.function(autograph=False)
+    def count():
+        sol = solve(prob.remake(u0=u0, p=p), alg, sensealg=DiscreteAdjoint(), throw=False, **solve_kw)
+        with tf.GradientTape() as tape:
+            tape.watch(sol.u)
+            value = loss(sol.u)
+        g_u = tape.gradient(value, sol.u)
+        base = type(sa)(rtol=sa.rtol, atol=sa.atol, alg=sa.alg, seminorm=sa.seminorm)
+        res = adjoint_sensitivities(sol, sensealg=base, dgdu_discrete=g_u, throw=False,
+                                    **{k: v for k, v in solve_kw.items() if k != "saveat"})
+        return res.stats["nfe"]
+
+    note = "backward adjoint solve (adjoint_sensitivities stats"
+    note += "; plus re-solving the forward segments, about nfe_fwd more)" if getattr(sa, "checkpoints", None) else ")"
+    return int(count()), note
+
+
+def compare_sensitivities(
+    prob,
+    loss: Callable,
+    *,
+    sensealgs=None,
+    alg=None,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    saveat=None,
+    reference=None,
+    reps: int = 5,
+    jit_compile: bool = True,
+    max_steps: int = 2000,
+    wrt=("p",),
+    tolerance: float | None = None,
+    finite_differences: bool = True,
+    fd_max_params: int = 64,
+    count_backward: bool = True,
+    progress: Callable[[str], Any] | None = None,
+) -> Comparison:
+    """Gradient of ``loss(solve(prob).u)`` by every sensitivity algorithm, against a reference.
+
+    Args:
+      prob: `ODEProblem` (float32 or float64).
+      loss: ``loss(u) -> scalar``; ``u`` is ``[T, *u0.shape]`` (the states at ``saveat``, or at
+        ``(t0, t1)`` when ``saveat`` is None) in the problem's dtype. TensorFlow ops only.
+      sensealgs: list of algorithms; None: `default_sensealgs(prob)`.
+      alg: ODE method (default `Tsit5()`), used for every row and the reference.
+      rtol, atol: tolerances of the compared solves.
+      saveat: ``[T]`` save times or None.
+      reference: None (``ForwardSensitivity()`` in float64 at rtol 1e-10 / atol 1e-12 when it is
+        applicable, else ``DiscreteAdjoint()`` there), a sensitivity algorithm to run at those
+        tolerances, or an ``[n]`` array: a known gradient (e.g. a closed form).
+      reps: timed calls per algorithm after the first (the median is reported).
+      jit_compile: compile with XLA (``tf.function(jit_compile=True)``); False: plain `tf.function`.
+      max_steps: step bound of every solve. Under XLA the plain `DiscreteAdjoint` stores this
+        many steps: keep it modest.
+      wrt: which inputs θ are: ``("p",)`` (every floating leaf of ``p``, flattened in
+        `tf.nest` order), ``("u0",)`` or ``("u0", "p")`` (``u0`` first).
+      tolerance: a row is ``"ok"`` when its rel_error is at most this; default
+        ``max(100 * max(rtol, atol), 1e3 * eps(dtype))``.
+      finite_differences: add a central-difference row (float64, reference tolerances, step
+        ``1e-4 * max(1, |θ_i|)``) when ``len(θ) <= fd_max_params``.
+      count_backward: run `adjoint_sensitivities` once per continuous adjoint for ``nfe_backward``.
+      progress: callable receiving one line of text per stage (e.g. ``print``).
+
+    Returns:
+      `Comparison`. Times are wall-clock medians (noisy on shared machines); ``compile_s`` is
+      the first call. Peak memory: TensorFlow's allocator statistics
+      (``tf.config.experimental.get_memory_info``), which work on CPU in TF 2.21.
+    """
+    say = progress or (lambda s: None)
+    alg = Tsit5() if alg is None else alg
+    dtype = prob.u0.dtype
+    kw = dict(rtol=rtol, atol=atol, max_steps=max_steps)
+    if saveat is not None:
+        kw["saveat"] = tf.cast(saveat, dtype)
+    theta0, build = _theta_fn(prob, wrt)
+    n = int(theta0.shape[0])
+    if n == 0:
+        raise ValueError(f"nothing to differentiate: wrt={wrt!r} selects no floating inputs")
+    sensealgs = default_sensealgs(prob, wrt) if sensealgs is None else list(sensealgs)
+    if tolerance is None:
+        tolerance = max(100 * max(rtol, atol), 1e3 * float(np.finfo(dtype.as_numpy_dtype).eps))
+
+    # Reference: float64 at tight tolerances.
+    prob64 = _cast_problem(prob, tf.float64)
+    ref_kw = dict(kw, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL, max_steps=max(20 * max_steps, 100_000))
+    if saveat is not None:
+        ref_kw["saveat"] = tf.cast(saveat, tf.float64)
+    loss64 = lambda u: loss(tf.cast(u, dtype))  # noqa: E731  (the loss sees the problem's dtype)
+    n_u, _ = _sizes(prob, wrt)
+    if reference is None or isinstance(reference, SensitivityAlgorithm):
+        ref_alg = reference or (ForwardSensitivity() if (n_u + n) * n_u <= FORWARD_MAX_ENTRIES else DiscreteAdjoint())
+        say(f"reference: {sensealg_name(ref_alg)}, float64, rtol={REFERENCE_RTOL:g}, atol={REFERENCE_ATOL:g}")
+        fn = _loss_and_grad_fn(prob64, loss64, build, tf.float64, ref_alg, alg, ref_kw, False)
+        _, g_ref, _, _, st = fn(theta0)
+        if int(st) != 0:
+            raise RuntimeError(f"the reference solve failed (status {int(st)}); raise max_steps or check the problem")
+        g_ref = g_ref.numpy()
+        ref_text = f"{sensealg_name(ref_alg)} in float64 at rtol={REFERENCE_RTOL:g}, atol={REFERENCE_ATOL:g}"
+    else:
+        g_ref = np.asarray(reference, np.float64).reshape(-1)
+        if g_ref.shape != (n,):
+            raise ValueError(f"`reference` must have {n} entries (len(θ)), got {g_ref.shape}")
+        ref_text = "user-supplied gradient"
+    ref_norm = float(np.linalg.norm(g_ref)) or 1.0
+
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    memory_ok = _reset_memory(device) and _peak_memory(device) is not None
+    rows = []
+    for i, sa in enumerate(sensealgs):
+        name = sensealg_name(sa)
+        say(f"[{i + 1}/{len(sensealgs)}] {name}: compiling{' (XLA)' if jit_compile else ''} ...")
+        row = Row(sensealg=name)
+        try:
+            fn = _loss_and_grad_fn(prob, loss, build, dtype, sa, alg, kw, jit_compile)
+            t = time.perf_counter()
+            value, grad, _, stats, status = fn(theta0)
+            row.compile_s = time.perf_counter() - t
+            row.time_s, (value, grad, _, stats, status) = _time_calls(fn, theta0, max(1, reps))
+            if memory_ok:
+                _reset_memory(device)
+                fn(theta0)[0].numpy()
+                row.peak_memory_bytes = _peak_memory(device)
+            row.nfe_forward = int(stats["nfe"])
+            g = grad.numpy()
+            row.gradient = g.tolist()
+            row.rel_error = float(np.linalg.norm(g - g_ref) / ref_norm)
+            if int(status) != 0:
+                row.status = f"failed: forward solve status {int(status)}"
+            elif not np.all(np.isfinite(g)):
+                row.status = "failed: non-finite gradient"
+            elif row.rel_error > tolerance:
+                row.status = "inaccurate"
+            if count_backward:
+                row.nfe_backward, row.nfe_note = _backward_nfe(sa, theta0, build, prob, loss, alg, kw, row.nfe_forward)
+        except Exception as e:  # noqa: BLE001 -- one failing algorithm must not end the comparison
+            row.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        say(f"    rel_error={row.rel_error if row.rel_error is None else f'{row.rel_error:.2e}'} "
+            f"time={row.time_s if row.time_s is None else f'{1e3 * row.time_s:.2f} ms'} status={row.status}")
+        rows.append(row)
+
+    if finite_differences:
+        rows.append(_fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say))
+    memory_note = (f"peak memory: tf.config.experimental.get_memory_info('{device}')['peak'] during one call"
+                   if memory_ok else "peak memory: not available on this device")
+    desc = (f"{prob!r}, {type(alg).__name__}, rtol={rtol:g}, atol={atol:g}, len(θ)={n} ({'+'.join(wrt)}), "
+            f"{'XLA' if jit_compile else 'tf.function'}, median of {max(1, reps)}")
+    return Comparison(rows=rows, reference=ref_text, reference_gradient=[float(x) for x in g_ref],
+                      tolerance=float(tolerance), problem=desc, memory_note=memory_note)
+
+
+def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say):
+    n = int(theta0.shape[0])
+    row = Row(sensealg="finite differences", nfe_backward=0, nfe_note="0: 2 x len(θ) forward solves, no backward pass")
+    if n > fd_max_params:
+        row.status = f"skipped: len(θ) = {n} > fd_max_params = {fd_max_params}"
+        return row
+    say(f"finite differences: {2 * n} float64 solves at the reference tolerances ...")
+
+    @tf.function(autograph=False)
+    def value(theta):
+        u0, p = build(theta, tf.float64)
+        sol = solve(prob64.remake(u0=u0, p=p), alg, sensealg=DiscreteAdjoint(), throw=False, **ref_kw)
+        return tf.cast(loss64(sol.u), tf.float64), sol.stats["nfe"], sol.status
+
+    th = theta0.numpy()
+    g = np.zeros(n)
+    nfe, bad = 0, False
+    value(theta0)  # trace once; the reported time is that of the 2 n solves
+    t = time.perf_counter()
+    for i in range(n):
+        h = 1e-4 * max(1.0, abs(th[i]))
+        vals = []
+        for s in (1.0, -1.0):
+            x = th.copy()
+            x[i] += s * h
+            v, k, st = value(tf.constant(x))
+            vals.append(float(v))
+            nfe += int(k)
+            bad |= int(st) != 0
+        g[i] = (vals[0] - vals[1]) / (2 * h)
+    row.time_s = time.perf_counter() - t
+    row.nfe_forward = nfe
+    row.gradient = g.tolist()
+    row.rel_error = float(np.linalg.norm(g - g_ref) / ref_norm)
+    row.status = "failed: a solve failed" if bad else ("inaccurate" if row.rel_error > tolerance else "ok")
+    return row
