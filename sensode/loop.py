@@ -189,8 +189,9 @@ def integrate(
     if record:
         rows = tab.dense_rows
         rec = [tf.zeros([max_steps + 1], dtype), tf.zeros([max_steps], dtype)]
-        rec += [tf.zeros([max_steps] + y.shape.as_list(), dtype) for y in y0]
-        rec += [tf.zeros([max_steps, len(rows)] + y.shape.as_list(), dtype) for y in y0]
+        # tf.shape, not the static shape: a batch dimension may be unknown.
+        rec += [tf.zeros(tf.concat([[max_steps], tf.shape(y)], 0), dtype) for y in y0]
+        rec += [tf.zeros(tf.concat([[max_steps, len(rows)], tf.shape(y)], 0), dtype) for y in y0]
         rec[0] = tf.tensor_scatter_nd_update(rec[0], [[0]], t0[None])
 
     init_status = tf.where(_all_finite(y0) & _all_finite(f0), Status.SUCCESS, Status.NONFINITE)
