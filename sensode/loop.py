@@ -75,6 +75,19 @@ def _where(cond, a, b):
     return tf.nest.map_structure(lambda x, y: tf.where(cond, x, y), a, b)
 
 
+def _at_time(y, f, ts, t):
+    """``y`` (the state at ``t``) as the saved value at the times ``ts == t``.
+
+    ``y + (ts - t) f`` is ``y`` in value, but its derivative follows the flow:
+    ``f`` with respect to the save time and ``dy/dt - f`` with respect to the
+    time ``t`` the solver reached (for the last step, ``t1``), so that moving
+    the end of integration does not move a state saved at a fixed time, and
+    ``saveat=None`` (``ts = [t0, t1]``) counts each dependence once.
+    """
+    shift = tf.reshape(ts - t, [-1] + [1] * y.shape.rank)
+    return y[None] + shift * f[None]
+
+
 def _all_finite(xs):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in xs])
 
@@ -172,9 +185,9 @@ def integrate(
         n_save = tf.shape(ts)[0]
         at_start = tf.equal(ts, t0)
         saved = [
-            tf.where(tf.reshape(at_start, [-1] + [1] * y.shape.rank), y[None], tf.zeros_like(y[None]))
+            tf.where(tf.reshape(at_start, [-1] + [1] * y.shape.rank), _at_time(y, f, ts, t0), tf.zeros_like(y[None]))
             * tf.ones(tf.concat([[n_save], tf.ones([y.shape.rank], tf.int32)], 0), dtype)
-            for y in y0
+            for y, f in zip(y0, f0)
         ]
         save_work = sum((y.shape.num_elements() or _SMALL_WORK) for y in y0) * (ts.shape[0] or _SMALL_WORK)
     else:
@@ -278,8 +291,8 @@ def integrate(
                 saved, extra_nfe = save()
             # A save time on the step's end takes the step's own value.
             saved = [
-                tf.where(tf.reshape(at_end, [-1] + [1] * y1.shape.rank), y1[None], buf)
-                for buf, y1 in zip(saved, step.y1)
+                tf.where(tf.reshape(at_end, [-1] + [1] * y1.shape.rank), _at_time(y1, f1, ts, t_new), buf)
+                for buf, y1, f1 in zip(saved, step.y1, step.f_new)
             ]
             nfe = nfe + extra_nfe
 
