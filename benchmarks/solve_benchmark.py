@@ -120,11 +120,9 @@ def sensode_runner(case: Case, alg, mode: str):
     prob = case.prob
 
     def run(u0, p, ts):
-        # A forward solve only. `sensealg=None` would, inside tf.function (where
-        # sensode cannot tell whether a tape will ask for a gradient), pick an
-        # algorithm by problem size, and ForwardSensitivity integrates the
-        # sensitivities alongside the state. `DiscreteAdjoint()` without
-        # checkpoints is the plain loop, which is what TFP and SciPy run here.
+        # A forward solve only: `DiscreteAdjoint()` without checkpoints is the
+        # plain loop (as is the forward pass of `sensealg=None`), which is what
+        # TFP and SciPy run here.
         sol = sensode.solve(
             sensode.ODEProblem(prob.f, u0, prob.tspan, p),
             alg,

@@ -118,8 +118,7 @@ def main(argv) -> int:
 
     def run(saveat):
         # Inside tf.function nothing raises: the status is checked below. No
-        # gradient is needed, so ask for the plain loop: with sensealg=None a
-        # graph-mode solve cannot know that and picks a sensitivity method.
+        # gradient is needed: DiscreteAdjoint() is the plain loop.
         return sensode.solve(
             prob,
             alg,
