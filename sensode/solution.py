@@ -66,8 +66,25 @@ def raise_if_failed(status, what: str = "solve") -> None:
         raise SolverError(f"{what} failed: {status_message(value)} (status {int(value)})", int(value))
 
 
+class _HasStatus:
+    """``success`` and ``message`` from a ``status`` attribute."""
+
+    @property
+    def success(self):
+        """Boolean tensor: ``status == 0``."""
+        return tf.equal(self.status, Status.SUCCESS)
+
+    @property
+    def message(self) -> str:
+        """Readable status message (eager mode only; a graph has no values)."""
+        value = tf.get_static_value(self.status)
+        if value is None:
+            return "status is symbolic inside tf.function; read `status` instead"
+        return status_message(value)
+
+
 @dataclasses.dataclass(frozen=True)
-class ODESolution:
+class ODESolution(_HasStatus):
     """The result of `sensode.solve` on an `ODEProblem`.
 
     Attributes:
@@ -97,19 +114,6 @@ class ODESolution:
         t, u, stats, status = components
         return cls(t=t, u=u, stats=stats, status=status, prob=metadata[0], alg=metadata[1])
 
-    @property
-    def success(self):
-        """Boolean tensor: ``status == 0``."""
-        return tf.equal(self.status, Status.SUCCESS)
-
-    @property
-    def message(self) -> str:
-        """Readable status message (eager mode only; a graph has no values)."""
-        value = tf.get_static_value(self.status)
-        if value is None:
-            return "status is symbolic inside tf.function; read `status` instead"
-        return status_message(value)
-
     def summary(self) -> str:
         """A short multi-line description (eager mode)."""
         stats = ", ".join(f"{k}={int(v)}" for k, v in self.stats.items())
@@ -122,7 +126,7 @@ class ODESolution:
 
 
 @dataclasses.dataclass(frozen=True)
-class NonlinearSolution:
+class NonlinearSolution(_HasStatus):
     """The result of `sensode.solve` on a `NonlinearProblem` or `SteadyStateProblem`.
 
     Attributes:
@@ -147,19 +151,6 @@ class NonlinearSolution:
     prob: Any = None
     alg: Any = None
     du_dp: Any = None
-
-    @property
-    def success(self):
-        """Boolean tensor: ``status == 0``."""
-        return tf.equal(self.status, Status.SUCCESS)
-
-    @property
-    def message(self) -> str:
-        """Readable status message (eager mode only; a graph has no values)."""
-        value = tf.get_static_value(self.status)
-        if value is None:
-            return "status is symbolic inside tf.function; read `status` instead"
-        return status_message(value)
 
     def summary(self) -> str:
         """A short multi-line description (eager mode)."""
