@@ -39,7 +39,7 @@ from .solution import Status, raise_if_failed
 __all__ = ["ContinuousAdjointMethod", "backward_solve"]
 
 
-def _adjoint_options(spec, sensealg):
+def _adjoint_options(spec, sensealg, h_init=None):
     over = {}
     if sensealg.rtol is not None:
         over["rtol"] = tf.cast(sensealg.rtol, spec.options["rtol"].dtype)
@@ -47,7 +47,10 @@ def _adjoint_options(spec, sensealg):
         over["atol"] = tf.cast(sensealg.atol, spec.options["atol"].dtype)
     if sensealg.alg is not None:
         over["tableau"] = sensealg.alg.tableau
-    over["dt"] = None  # the backward problem picks its own first step
+    # The forward solve's last proposed step is a good first step for the
+    # adjoint (the linearised dynamics share its time scales) and saves the
+    # automatic start's cautious ramp-up; without it, the automatic choice.
+    over["dt"] = None if h_init is None else tf.abs(h_init)
     return over
 
 
@@ -58,7 +61,8 @@ def _fail_to_nan(x, status):
 
 
 def backward_solve(
-    spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u, g_cont=None, *, a_init=None, acc_init=None
+    spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u, g_cont=None, *, a_init=None, acc_init=None,
+    h_init=None,
 ):
     """Solve the adjoint backwards; returns ``(du0, dp_list, dv_list, stats, status)``.
 
@@ -72,6 +76,8 @@ def backward_solve(
       g_cont: optional ``g(t, u, p)`` of a running cost ``int g dt`` (scalar).
       a_init: adjoint at ``t1`` (default: the loss gradient at ``t1``);
         given when chaining checkpointed segments.
+      h_init: first step of the backward solve (e.g. the forward solve's last
+        proposed step); None chooses it automatically.
       acc_init: ``(dp_list, dv_list)`` accumulated so far (``dp_list`` over
         the floating leaves of ``p`` only).
     """
@@ -138,7 +144,7 @@ def backward_solve(
     zero_p = len(leaves_p) * [False]
     zero_v = len(variables) * [False]
     seminorm = sensealg.seminorm
-    over = _adjoint_options(spec, sensealg)
+    over = _adjoint_options(spec, sensealg, h_init)
     tstops = tf.reverse(ts, [0])
 
     if kind is BacksolveAdjoint:
@@ -252,14 +258,16 @@ class ContinuousAdjointMethod:
             return u_saved, stats, status, (cuts, tf.stop_gradient(states), tf.stop_gradient(hs))
         record = not isinstance(self.sensealg, BacksolveAdjoint)
         res = spec.integrate(lambda t, u: spec.f(t, u, p), u0, t0, t1, saveat=ts, record=record)
-        return res.ys, res.stats, res.status, (res.y1, res.record)
+        return res.ys, res.stats, res.status, (res.y1, res.record, res.h)
 
     def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
         if self.k:
             du0, dp, dv, status = self._backward_segments(spec, u0, ts, t0, t1, p, variables, aux, g_u)
         else:
-            u1, record = aux
-            du0, dp, dv, _, status = backward_solve(spec, self.sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u)
+            u1, record, h_last = aux
+            du0, dp, dv, _, status = backward_solve(
+                spec, self.sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u, h_init=h_last
+            )
         if tf.executing_eagerly():
             raise_if_failed(status, f"backward solve of {type(self.sensealg).__name__}")
         return du0, None, None, dp, dv
@@ -269,7 +277,7 @@ class ContinuousAdjointMethod:
         res, _ = solve_segment(spec, states[i], dt, cuts[i], cuts[i + 1], ts, p, record=True, max_steps=segment_cap(spec, self.k))
         a, dp, dv, _, st = backward_solve(
             spec, self.sensealg, u0, ts, cuts[i], cuts[i + 1], p, variables, res.y1, res.record, g_u,
-            a_init=a, acc_init=acc,
+            a_init=a, acc_init=acc, h_init=res.h,
         )
         # Carry only the floating leaves' gradients (the others are None).
         return a, ([x for x in dp if x is not None], list(dv)), tf.where(tf.equal(res.status, 0), st, res.status)

@@ -214,7 +214,9 @@ def adjoint_sensitivities(sol, spec: Spec, sensealg, dgdu_discrete=None, g=None)
     else:
         res = spec.integrate(lambda t, u: spec.f(t, u, p), u0, t0, t1, saveat=None, record=True)
         record, u1 = res.record, res.y1
-    du0, dp, dv, stats, status = backward_solve(spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u, g)
+    du0, dp, dv, stats, status = backward_solve(
+        spec, sensealg, u0, ts, t0, t1, p, variables, u1, record, g_u, g, h_init=res.h
+    )
     dts = save_time_gradients(spec.f, ts, sol.u, g_u, p)
     # Save times equal to t0 or t1 move with them (as with saveat=None).
     dt0 = -tf.reduce_sum(du0 * spec.f(t0, u0, p)) + tf.reduce_sum(tf.where(tf.equal(ts, t0), dts, 0.0))
