@@ -28,10 +28,9 @@ Usage:
 """
 
 import json
-import statistics
-import time
 
 from absl import app, flags
+from timing import measure  # benchmarks/timing.py
 
 SENSEALGS = flags.DEFINE_list(
     "sensealgs", ["discrete", "backsolve", "interpolating", "quadrature"],
@@ -74,26 +73,14 @@ def _model(name, t1, max_steps):
     return model, ode, x, np.zeros_like(x)
 
 
-def _timed(fn, reps):
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
-
-
 def step_times(name):
     model, ode, x, y = _model(name, T1.value, MAX_STEPS.value)
-    first, step = _timed(lambda: model.train_on_batch(x, y), REPS.value)
+    first, step_ms, _ = measure(lambda: model.train_on_batch(x, y), REPS.value)
     nfe = int(ode.last_nfe.numpy())
-    _, fwd = _timed(lambda: model.predict_on_batch(x), REPS.value)
+    _, fwd_ms, _ = measure(lambda: model.predict_on_batch(x), REPS.value)
     return dict(
-        kind="step", sensealg=name, t1=T1.value, first_call_s=round(first, 2), step_ms=round(1e3 * step, 2),
-        forward_ms=round(1e3 * fwd, 2), step_over_forward=round(step / fwd, 2), nfe_forward=nfe,
+        kind="step", sensealg=name, t1=T1.value, first_call_s=round(first, 2), step_ms=round(step_ms, 2),
+        forward_ms=round(fwd_ms, 2), step_over_forward=round(step_ms / fwd_ms, 2), nfe_forward=nfe,
     )
 
 

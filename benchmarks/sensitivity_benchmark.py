@@ -73,8 +73,6 @@ import json
 import math
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -86,6 +84,7 @@ from absl import app, flags  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import sensode  # noqa: E402
+from timing import measure  # noqa: E402  (benchmarks/timing.py)
 from sensode import models  # noqa: E402
 
 CASES = ("lotka_volterra", "neural_ode_mlp", "linear100")
@@ -323,19 +322,6 @@ def memory(call):
     tf.config.experimental.reset_memory_stats("CPU:0")
     call()
     return round(tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20, 3)
-
-
-def measure(call, reps: int):
-    """First-call time (s), median of ``reps`` later calls (ms), and the last output."""
-    start = time.perf_counter()
-    out = call()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - start)
-    return first, 1e3 * statistics.median(times), out
 
 
 def run_case(case: Case, reps: int, results: dict, algs=ALGS):

@@ -38,8 +38,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,6 +48,7 @@ from absl import app, flags  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import sensode  # noqa: E402
+from timing import measure  # noqa: E402  (benchmarks/timing.py)
 from sensode import models  # noqa: E402
 
 CASES = ("lotka_volterra", "neural_ode_mlp")
@@ -177,19 +176,6 @@ def scipy_runner(case: Case):
         return res.y.T, int(res.nfev), bool(res.success)
 
     return call
-
-
-def measure(call, reps: int):
-    """First-call time (s), median of ``reps`` later calls (ms), and the last output."""
-    start = time.perf_counter()
-    out = call()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        out = call()
-        times.append(time.perf_counter() - start)
-    return first, 1e3 * statistics.median(times), out
 
 
 def main(argv):
