@@ -562,9 +562,9 @@ def test_backsolve_keeps_no_dense_record():
     prob = sd.models.exponential_decay()
     _, spec, ts, t0, t1, = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-6, atol=1e-8,
                                     max_steps=200, dtmin=None, dtmax=None, controller=None)
-    _, _, _, (_, record) = ContinuousAdjointMethod(sd.BacksolveAdjoint()).forward(spec, prob.u0, ts, t0, t1, prob.p, [])
+    _, _, _, (_, record, _) = ContinuousAdjointMethod(sd.BacksolveAdjoint()).forward(spec, prob.u0, ts, t0, t1, prob.p, [])
     assert record is None
-    _, _, _, (_, record) = ContinuousAdjointMethod(sd.InterpolatingAdjoint()).forward(spec, prob.u0, ts, t0, t1, prob.p, [])
+    _, _, _, (_, record, _) = ContinuousAdjointMethod(sd.InterpolatingAdjoint()).forward(spec, prob.u0, ts, t0, t1, prob.p, [])
     assert record is not None
 
 
