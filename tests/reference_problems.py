@@ -88,6 +88,30 @@ def lotka_volterra_reference(times: tuple, u0: tuple = LV_U0, p: tuple = LV_P, t
     return res.y.T.copy()
 
 
+def lotka_volterra_p_sensitivities(times, u0=LV_U0, p=LV_P, t0: float = 0.0):
+    """States ``[T, 2]`` and ``du/dp`` ``[T, 2, 4]`` at increasing ``times``.
+
+    SciPy DOP853 (rtol = atol = 1e-12) on the state together with the forward
+    sensitivity equations ``S' = J S + df/dp``, with the Jacobians written by
+    hand: independent of sensode.
+    """
+    a, b, c, d = p
+    times = np.asarray(times, dtype=np.float64)
+
+    def rhs(t, z):
+        x, y = z[:2]
+        S = z[2:].reshape(2, 4)
+        J = np.array([[a - b * y, -b * x], [d * y, -c + d * x]])
+        Fp = np.array([[x, -x * y, 0.0, 0.0], [0.0, 0.0, -y, x * y]])
+        return np.concatenate([[a * x - b * x * y, -c * y + d * x * y], (J @ S + Fp).ravel()])
+
+    res = scipy.integrate.solve_ivp(
+        rhs, (t0, times[-1]), np.concatenate([u0, np.zeros(8)]), method="DOP853", t_eval=times, rtol=1e-12, atol=1e-12
+    )
+    assert res.success, res.message
+    return res.y[:2].T, res.y[2:].T.reshape(-1, 2, 4)
+
+
 @functools.lru_cache(maxsize=None)
 def scipy_rk45_nfev(rtol: float, atol: float, u0: tuple = LV_U0, p: tuple = LV_P, tspan: tuple = LV_TSPAN) -> int:
     """Function evaluations of SciPy's RK45 (the Dormand--Prince 5(4) pair) on Lotka--Volterra."""

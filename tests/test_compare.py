@@ -11,11 +11,12 @@ import sys
 
 import numpy as np
 import pytest
-import scipy.integrate
 import tensorflow as tf
 
 import sensode as sd
 from sensode import compare
+
+from reference_problems import lotka_volterra_p_sensitivities
 
 LV_P = (1.5, 1.0, 3.0, 1.0)
 LV_U0 = (1.0, 1.0)
@@ -33,19 +34,7 @@ def loss(u):
 
 def lv_sensitivity_gradient():
     """dL/dp for L = sum_i |u(t_i)|^2 by the forward-sensitivity ODE in SciPy."""
-    a, b, c, d = LV_P
-
-    def rhs(t, z):
-        x, y = z[:2]
-        S = z[2:].reshape(2, 4)
-        J = np.array([[a - b * y, -b * x], [d * y, -c + d * x]])
-        Fp = np.array([[x, -x * y, 0.0, 0.0], [0.0, 0.0, -y, x * y]])
-        return np.concatenate([[a * x - b * x * y, -c * y + d * x * y], (J @ S + Fp).ravel()])
-
-    sol = scipy.integrate.solve_ivp(rhs, (0.0, T1), np.concatenate([LV_U0, np.zeros(8)]), method="DOP853",
-                                    t_eval=SAVEAT, rtol=1e-12, atol=1e-12)
-    u = sol.y[:2].T
-    S = sol.y[2:].T.reshape(-1, 2, 4)
+    u, S = lotka_volterra_p_sensitivities(SAVEAT, LV_U0, LV_P)
     return np.einsum("ti,tij->j", 2 * u, S)
 
 

@@ -7,11 +7,12 @@ covariance built from SciPy's forward-sensitivity equations.
 
 import numpy as np
 import pytest
-import scipy.integrate
 import tensorflow as tf
 
 import sensode as sd
 from sensode import estimation
+
+from reference_problems import lotka_volterra_p_sensitivities
 
 LV_TRUE = np.array([1.5, 1.0, 3.0, 1.0])
 TIMES = np.linspace(0.2, 2.0, 10)
@@ -19,18 +20,7 @@ TIMES = np.linspace(0.2, 2.0, 10)
 
 def lv_scipy(p, times=TIMES, u0=(1.0, 1.0)):
     """States ``[T, 2]`` and sensitivities ``[T, 2, 4]`` of Lotka--Volterra."""
-    a, b, c, d = p
-
-    def rhs(t, z):
-        x, y = z[:2]
-        S = z[2:].reshape(2, 4)
-        J = np.array([[a - b * y, -b * x], [d * y, -c + d * x]])
-        Fp = np.array([[x, -x * y, 0.0, 0.0], [0.0, 0.0, -y, x * y]])
-        return np.concatenate([[a * x - b * x * y, -c * y + d * x * y], (J @ S + Fp).ravel()])
-
-    sol = scipy.integrate.solve_ivp(rhs, (0.0, times[-1]), np.concatenate([u0, np.zeros(8)]), method="DOP853",
-                                    t_eval=times, rtol=1e-12, atol=1e-12)
-    return sol.y[:2].T, sol.y[2:].T.reshape(-1, 2, 4)
+    return lotka_volterra_p_sensitivities(times, u0, p)
 
 
 def lv_guess():
