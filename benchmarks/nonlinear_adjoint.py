@@ -36,23 +36,11 @@ CASE = flags.DEFINE_string("case", "", "internal: run one memory case in this pr
 
 
 def problem(n):
-    import numpy as np
-    import tensorflow as tf
+    """The reaction--diffusion steady state of `sensode.models` (SPD tridiagonal Jacobian)."""
+    import sensode as so
 
-    h = 1.0 / (n + 1)
-    x = np.linspace(h, 1 - h, n)
-
-    def residual(u, p):
-        padded = tf.pad(u, [[1, 1]])
-        lap = (padded[:-2] - 2 * u + padded[2:]) / h**2
-        return -p["D"] * lap + p["k"] * u + u**3 - p["s"]
-
-    params = {
-        "D": tf.constant(1e-4, tf.float64),
-        "k": tf.constant(10.0, tf.float64),
-        "s": tf.constant(50 * np.sin(np.pi * x)),
-    }
-    return residual, params
+    prob = so.models.reaction_diffusion_steady_state(n)
+    return prob.f, prob.p
 
 
 def rss_mib():

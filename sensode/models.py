@@ -1,7 +1,8 @@
 """Named test problems with default parameters.
 
-Each function returns an `ODEProblem`; tests, benchmarks, examples and the
-command line all draw from here. Every problem takes ``dtype`` (default
+Each function returns an `ODEProblem` (``reaction_diffusion_steady_state`` a
+`NonlinearProblem`); tests, benchmarks, examples and the command line all draw
+from here. Every problem takes ``dtype`` (default
 float64, the neural ODE float32) and keyword overrides of its defaults.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .problems import ODEProblem
+from .problems import NonlinearProblem, ODEProblem
 
 __all__ = [
     "exponential_decay",
@@ -20,6 +21,7 @@ __all__ = [
     "lorenz",
     "brusselator_1d",
     "neural_ode_mlp",
+    "reaction_diffusion_steady_state",
     "PROBLEMS",
 ]
 
@@ -157,6 +159,27 @@ def neural_ode_mlp(dim=2, hidden=64, depth=2, batch=512, tspan=(0.0, 1.0), seed=
     return ODEProblem(f, u0, tspan, p)
 
 
+def reaction_diffusion_steady_state(n=1000, D=1e-4, k=10.0, amplitude=50.0, dtype=tf.float64) -> NonlinearProblem:
+    """The steady state ``-D u'' + k u + u^3 = s(x)`` on ``(0, 1)``, ``u = 0`` at the ends.
+
+    A `NonlinearProblem` with ``n`` interior unknowns (second differences),
+    ``s(x) = amplitude sin(pi x)``, ``p = {"D", "k", "s"}`` and the initial
+    guess ``u0 = 0``. Its Jacobian is symmetric positive definite and
+    tridiagonal: the test case for matrix-free linear solvers at large ``n``.
+    """
+    h = 1.0 / (n + 1)
+    x = np.linspace(h, 1 - h, n)
+
+    def f(u, p):
+        padded = tf.pad(u, [[1, 1]])
+        lap = (padded[:-2] - 2.0 * u + padded[2:]) / h**2
+        return -p["D"] * lap + p["k"] * u + u**3 - p["s"]
+
+    p = {"D": _t(D, dtype), "k": _t(k, dtype), "s": _t(amplitude * np.sin(np.pi * x), dtype)}
+    return NonlinearProblem(f, tf.zeros([n], dtype), p)
+
+
+# ODE problems by name (the command line and the comparison tool draw from here).
 PROBLEMS = {
     "exponential_decay": exponential_decay,
     "linear": linear,

@@ -242,23 +242,10 @@ def test_reaction_network_against_finite_differences():
 # ----------------------------------------------------------------------------- large sparse problem
 
 
-def reaction_diffusion(n):
-    """-D u'' + k u + u^3 = s on (0, 1), u = 0 at both ends: SPD tridiagonal Jacobian."""
-    h = 1.0 / (n + 1)
-    x = np.linspace(h, 1 - h, n)
-
-    def residual(u, p):
-        padded = tf.pad(u, [[1, 1]])
-        lap = (padded[:-2] - 2 * u + padded[2:]) / h**2
-        return -p["D"] * lap + p["k"] * u + u**3 - p["s"]
-
-    params = {"D": tf.constant(1e-4, tf.float64), "k": tf.constant(10.0, tf.float64), "s": tf.constant(50 * np.sin(np.pi * x))}
-    return residual, params
-
-
 def test_matrix_free_solvers_match_lu_on_1000_unknowns():
     n = 1000
-    residual, params = reaction_diffusion(n)
+    prob = so.models.reaction_diffusion_steady_state(n)
+    residual, params = prob.f, prob.p
     weights = tf.constant(np.random.default_rng(0).normal(size=n))
 
     @tf.function
