@@ -70,7 +70,7 @@ from absl import app, flags, logging  # noqa: E402
 
 import sensode  # noqa: E402
 from sensode import estimation, models  # noqa: E402
-from sensode.comparison import parse_sensealg  # noqa: E402
+from sensode.compare import parse_sensealg  # noqa: E402
 
 CASES = ("lotka_volterra", "brusselator_p", "brusselator_u0")
 ALGS = ("ForwardSensitivity", "DiscreteAdjoint", "BacksolveAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint")

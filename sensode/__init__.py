@@ -1,26 +1,34 @@
 """sensode: differentiable ODE and nonlinear solves for TensorFlow.
 
-Layers (each imports only from those above it):
+The package is layered; each layer imports only from the layers above it:
 
-1. data: `problems`, `tableau`, `solvers`, `sensealg`, `solution`
-2. numerics: `rk`, `control`, `linsolve`
-3. the loop: `loop`
-4. methods: `forward`, `discrete`, `adjoint` (ODE sensitivities, sharing
-   `sensitivity` and `derivatives`), `nonlinear` (Newton, Newton-Krylov,
-   Anderson, DynamicSS), `implicit` (the implicit adjoint of f(u, p) = 0)
-5. entry points: `solve`, `sensitivities`
-6. front-ends: `models`, `comparison` (CLI: `compare`), `estimation`
+1. data: `problems`, `solution`, `params`, `validation`, `ode.tableaus`
+2. numerics: `derivatives`, `ode.rk`, `ode.control`, `ode.dense`,
+   `nonlinear.linsolve`
+3. the loop: `ode.loop` (one stepping loop for every method and pass)
+4. methods: `ode.methods` (ODE methods), `sensitivity.*` (one module per
+   sensitivity algorithm), `nonlinear.methods` and `nonlinear.implicit`
+5. entry points: `api` (`solve`, `odeint`, `forward_sensitivities`,
+   `adjoint_sensitivities`)
+6. front-ends: `frontends.keras`, `frontends.estimation`,
+   `frontends.comparison` and the command lines; imported on first use, so
+   ``import sensode`` does not import Keras.
+
+See ``docs/architecture.md``.
 """
 
-from . import estimation, linsolve, models
-from .comparison import Comparison, compare_sensitivities
-from .estimation import FitResult, fit
-from . import keras
-from .implicit import solve_nonlinear
-from .nonlinear import AndersonAcceleration, DynamicSS, NewtonKrylov, NewtonRaphson
-from .control import PIController
+import importlib as _importlib
+
+from . import models
+from .api import adjoint_sensitivities, forward_sensitivities, odeint, solve
+from .nonlinear import linsolve
+from .nonlinear.implicit import solve_nonlinear
+from .nonlinear.methods import AndersonAcceleration, DynamicSS, NewtonKrylov, NewtonRaphson
+from .ode.control import PIController
+from .ode.methods import BS3, DP5, DP8, RK4, Euler, ExplicitRK, Heun, Midpoint, Tsit5
+from .ode.tableaus import ButcherTableau
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem
-from .sensealg import (
+from .sensitivity.algorithms import (
     BacksolveAdjoint,
     DiscreteAdjoint,
     ForwardSensitivity,
@@ -28,29 +36,62 @@ from .sensealg import (
     QuadratureAdjoint,
     SteadyStateAdjoint,
 )
+from .sensitivity.choice import default_sensealg
+from .sensitivity.direct import AdjointSensitivityResult, ForwardSensitivityResult
 from .solution import NonlinearSolution, ODESolution, SolverError, Status
-from .sensitivities import AdjointSensitivityResult, ForwardSensitivityResult, default_sensealg
-from .solve import adjoint_sensitivities, forward_sensitivities, odeint, solve
-from .solvers import BS3, DP5, DP8, RK4, Euler, ExplicitRK, Heun, Midpoint, Tsit5
-from .tableau import ButcherTableau
 
 __version__ = "0.1.0"
+
+# Front-ends, loaded on first attribute access (PEP 562): name -> (module, attribute or None).
+_LAZY = {
+    "keras": ("sensode.keras", None),
+    "estimation": ("sensode.frontends.estimation", None),
+    "fit": ("sensode.frontends.estimation", "fit"),
+    "FitResult": ("sensode.frontends.estimation", "FitResult"),
+    "comparison": ("sensode.frontends.comparison", None),
+    "compare_sensitivities": ("sensode.frontends.comparison", "compare_sensitivities"),
+    "Comparison": ("sensode.frontends.comparison", "Comparison"),
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sensode' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = _importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BS3",
     "DP5",
     "DP8",
     "RK4",
+    "AndersonAcceleration",
+    "AdjointSensitivityResult",
     "BacksolveAdjoint",
     "ButcherTableau",
+    "Comparison",
     "DiscreteAdjoint",
+    "DynamicSS",
     "Euler",
     "ExplicitRK",
+    "FitResult",
     "ForwardSensitivity",
+    "ForwardSensitivityResult",
     "Heun",
     "InterpolatingAdjoint",
     "Midpoint",
+    "NewtonKrylov",
+    "NewtonRaphson",
     "NonlinearProblem",
+    "NonlinearSolution",
     "ODEProblem",
     "ODESolution",
     "PIController",
@@ -60,25 +101,16 @@ __all__ = [
     "SteadyStateAdjoint",
     "SteadyStateProblem",
     "Tsit5",
-    "models",
-    "keras",
-    "linsolve",
-    "solve_nonlinear",
-    "AndersonAcceleration",
-    "DynamicSS",
-    "NewtonKrylov",
-    "NewtonRaphson",
-    "NonlinearSolution",
-    "odeint",
-    "solve",
-    "forward_sensitivities",
     "adjoint_sensitivities",
-    "default_sensealg",
     "compare_sensitivities",
-    "Comparison",
+    "default_sensealg",
     "estimation",
     "fit",
-    "FitResult",
-    "ForwardSensitivityResult",
-    "AdjointSensitivityResult",
+    "forward_sensitivities",
+    "keras",
+    "linsolve",
+    "models",
+    "odeint",
+    "solve",
+    "solve_nonlinear",
 ]

@@ -541,8 +541,8 @@ def test_default_sensealg_choices():
 def test_checkpointing_stores_k_states_independent_of_steps(k):
     # The forward pass keeps k + 1 states (t0 and the k segment ends), however
     # many steps the solve takes.
-    from sensode.discrete import CheckpointedDiscreteAdjoint
-    from sensode.solve import _prepare
+    from sensode.sensitivity.discrete import CheckpointedDiscreteAdjoint
+    from sensode.api import _prepare
 
     counts = {}
     for t1 in (1.0, 10.0):
@@ -556,8 +556,8 @@ def test_checkpointing_stores_k_states_independent_of_steps(k):
 
 
 def test_backsolve_keeps_no_dense_record():
-    from sensode.adjoint import ContinuousAdjointMethod
-    from sensode.solve import _prepare
+    from sensode.sensitivity.continuous import ContinuousAdjointMethod
+    from sensode.api import _prepare
 
     prob = sd.models.exponential_decay()
     _, spec, ts, t0, t1, = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-6, atol=1e-8,

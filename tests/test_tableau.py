@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 
 import sensode as sd
-from sensode import rk
-from sensode import tableau as tb
+from sensode.ode import rk
+from sensode.ode import tableaus as tb
 
 from reference_problems import ALL_METHODS, LINEAR_A, LINEAR_U0, linear_exact
 

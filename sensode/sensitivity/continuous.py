@@ -30,11 +30,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .derivatives import graph_if_eager, p_leaves, vjp
-from .loop import interpolate
-from .sensealg import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint
-from .sensitivity import segment_cap, segmented_forward, solve_segment
-from .solution import Status, raise_if_failed
+from ..derivatives import graph_if_eager, p_leaves, vjp
+from ..ode.loop import interpolate
+from .algorithms import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint
+from .base import segment_cap, segmented_forward, solve_segment
+from ..solution import Status, raise_if_failed
 
 __all__ = ["ContinuousAdjointMethod", "backward_solve"]
 

@@ -16,20 +16,20 @@ import inspect
 import tensorflow as tf
 
 from . import validation as _v
-from .control import PIController
-from .implicit import solve_nonlinear
+from .ode.control import PIController
+from .nonlinear.implicit import solve_nonlinear
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem, check_u0
 from .solution import ODESolution, raise_if_failed
-from .sensealg import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint, SensitivityAlgorithm
-from .sensitivities import (
+from .sensitivity.algorithms import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint, SensitivityAlgorithm
+from .sensitivity.direct import (
     AdjointSensitivityResult,
     ForwardSensitivityResult,
     differentiable_solve,
 )
-from .sensitivities import adjoint_sensitivities as _adjoint_sensitivities
-from .sensitivities import forward_sensitivities as _forward_sensitivities
-from .sensitivity import Spec
-from .solvers import ExplicitRK, Tsit5
+from .sensitivity.direct import adjoint_sensitivities as _adjoint_sensitivities
+from .sensitivity.direct import forward_sensitivities as _forward_sensitivities
+from .sensitivity.base import Spec
+from .ode.methods import ExplicitRK, Tsit5
 
 __all__ = ["solve", "odeint", "forward_sensitivities", "adjoint_sensitivities"]
 

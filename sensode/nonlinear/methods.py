@@ -31,9 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 from .linsolve import GMRES, LU, JacobianOperator, LinearSolver
-from .loop import integrate
-from .solution import Status
-from .solvers import ExplicitRK, Tsit5
+from ..ode.loop import integrate
+from ..solution import Status
+from ..ode.methods import ExplicitRK, Tsit5
 
 __all__ = [
     "NonlinearResult",

@@ -28,12 +28,12 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from . import validation as _v
+from .. import validation as _v
 from .linsolve import LU, JacobianOperator, LinearSolver
-from .nonlinear import NewtonRaphson, NonlinearAlgorithm
-from .problems import NonlinearProblem, SteadyStateProblem
-from .sensealg import DiscreteAdjoint, ForwardSensitivity
-from .solution import NonlinearSolution, SolverError, raise_if_failed
+from .methods import NewtonRaphson, NonlinearAlgorithm
+from ..problems import NonlinearProblem, SteadyStateProblem
+from ..sensitivity.algorithms import DiscreteAdjoint, ForwardSensitivity
+from ..solution import NonlinearSolution, SolverError, raise_if_failed
 
 __all__ = ["solve_nonlinear", "DEFAULT_MAX_ITERS"]
 

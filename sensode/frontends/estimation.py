@@ -33,10 +33,10 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from .derivatives import p_leaves
-from .problems import ODEProblem
-from .solve import forward_sensitivities, solve
-from .solvers import Tsit5
+from ..derivatives import p_leaves
+from ..problems import ODEProblem
+from ..api import forward_sensitivities, solve
+from ..ode.methods import Tsit5
 
 __all__ = ["fit", "FitResult", "Objective"]
 

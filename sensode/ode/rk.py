@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import tensorflow as tf
 
-from .tableau import ButcherTableau
+from .tableaus import ButcherTableau
 
 __all__ = ["StepResult", "rk_step", "dense_stages", "dense_weights", "dense_eval"]
 

@@ -18,8 +18,8 @@ import tensorflow as tf
 
 from . import rk
 from .control import PIController, error_ratio, initial_step
-from .solution import Status
-from .tableau import ButcherTableau
+from ..solution import Status
+from .tableaus import ButcherTableau
 
 __all__ = ["IntegrateResult", "Record", "integrate", "interpolate"]
 

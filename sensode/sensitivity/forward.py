@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from .derivatives import batched_jvp, graph_if_eager, p_leaves
+from ..derivatives import batched_jvp, graph_if_eager, p_leaves
 
 __all__ = ["ForwardSensitivityMethod", "directions", "forward_solve"]
 

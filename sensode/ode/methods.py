@@ -6,7 +6,7 @@ the same generic Runge--Kutta step and the same stepping loop.
 
 from __future__ import annotations
 
-from . import tableau as _tab
+from . import tableaus as _tab
 
 __all__ = ["ExplicitRK", "Euler", "Midpoint", "Heun", "RK4", "BS3", "DP5", "Tsit5", "DP8"]
 

@@ -18,9 +18,9 @@ from typing import Callable
 
 import tensorflow as tf
 
-from .derivatives import find_variables, map_batch, p_leaves
-from .loop import integrate
-from .tableau import ButcherTableau
+from ..derivatives import find_variables, map_batch, p_leaves
+from ..ode.loop import integrate
+from ..ode.tableaus import ButcherTableau
 
 __all__ = ["Spec", "differentiable", "save_time_gradients", "segment_cap", "segmented_forward", "solve_segment"]
 

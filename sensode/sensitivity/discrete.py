@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .derivatives import p_leaves
-from .sensitivity import segment_cap, segmented_forward, solve_segment
+from ..derivatives import p_leaves
+from .base import segment_cap, segmented_forward, solve_segment
 
 __all__ = ["CheckpointedDiscreteAdjoint"]
 

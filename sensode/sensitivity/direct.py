@@ -12,11 +12,11 @@ from typing import NamedTuple
 import tensorflow as tf
 from tensorflow.python.eager import record as _tape_record
 
-from .adjoint import ContinuousAdjointMethod, backward_solve
-from .derivatives import find_variables, p_leaves
+from .continuous import ContinuousAdjointMethod, backward_solve
+from ..derivatives import find_variables, p_leaves
 from .discrete import CheckpointedDiscreteAdjoint
 from .forward import ForwardSensitivityMethod, forward_solve
-from .sensealg import (
+from .algorithms import (
     BacksolveAdjoint,
     DiscreteAdjoint,
     ForwardSensitivity,
@@ -24,7 +24,8 @@ from .sensealg import (
     QuadratureAdjoint,
     SensitivityAlgorithm,
 )
-from .sensitivity import Spec, differentiable, save_time_gradients
+from .base import Spec, differentiable, save_time_gradients
+from .choice import default_sensealg
 
 __all__ = [
     "default_sensealg",
@@ -34,38 +35,6 @@ __all__ = [
     "ForwardSensitivityResult",
     "AdjointSensitivityResult",
 ]
-
-# SciMLSensitivity switches from forward to adjoint modes at about this size.
-FORWARD_MODE_LIMIT = 100
-
-
-def _n_params(p, variables) -> int:
-    leaves = [x for x in p_leaves(p) if (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating]
-    return sum(int(x.shape.num_elements()) for x in leaves) + sum(int(v.shape.num_elements()) for v in variables)
-
-
-def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
-    """The automatic choice for ``sensealg=None`` and the reason for it.
-
-    Forward sensitivities while ``len(u0) + len(p)`` (variables read by ``f``
-    included) is at most 100; above that `InterpolatingAdjoint`, the stable
-    continuous adjoint, as SciMLSensitivity.jl does.
-
-    Returns:
-      ``(sensealg, reason)``.
-    """
-    variables = find_variables(prob.f, tf.cast(prob.tspan[0], prob.u0.dtype), prob.u0, prob.p)
-    n_u = int(prob.u0.shape.num_elements())
-    n_p = _n_params(prob.p, variables)
-    if n_u + n_p <= FORWARD_MODE_LIMIT:
-        return ForwardSensitivity(), (
-            f"len(u0) + len(p) = {n_u} + {n_p} <= {FORWARD_MODE_LIMIT}: forward sensitivities are cheapest"
-        )
-    return InterpolatingAdjoint(), (
-        f"len(u0) + len(p) = {n_u} + {n_p} > {FORWARD_MODE_LIMIT}: an adjoint scales with one backward solve; "
-        "the interpolating adjoint is stable where backsolve is not"
-    )
-
 
 def _method(sensealg):
     if isinstance(sensealg, ForwardSensitivity):

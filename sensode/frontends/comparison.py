@@ -32,8 +32,8 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from .derivatives import p_leaves
-from .sensealg import (
+from ..derivatives import p_leaves
+from ..sensitivity.algorithms import (
     BacksolveAdjoint,
     DiscreteAdjoint,
     ForwardSensitivity,
@@ -41,8 +41,8 @@ from .sensealg import (
     QuadratureAdjoint,
     SensitivityAlgorithm,
 )
-from .solve import adjoint_sensitivities, solve
-from .solvers import Tsit5
+from ..api import adjoint_sensitivities, solve
+from ..ode.methods import Tsit5
 
 __all__ = ["compare_sensitivities", "Comparison", "Row", "default_sensealgs", "parse_sensealg", "sensealg_name"]
 
