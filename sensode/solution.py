@@ -24,6 +24,7 @@ class Status(enum.IntEnum):
     NONFINITE = 3
     MAX_ITERS = 4
     SINGULAR = 5
+    INVALID_INPUT = 6
 
 
 _MESSAGES = {
@@ -33,6 +34,7 @@ _MESSAGES = {
     Status.NONFINITE: "non-finite values (NaN or Inf) appeared in the solution",
     Status.MAX_ITERS: "no convergence within `max_iters` iterations",
     Status.SINGULAR: "the Jacobian is singular (or the linear solve failed)",
+    Status.INVALID_INPUT: "an input known only at run time is invalid (e.g. `saveat` unsorted or outside `tspan`)",
 }
 
 
