@@ -2,7 +2,7 @@
 
 The package is layered; each layer imports only from the layers above it:
 
-1. data: `problems`, `solution`, `params`, `validation`, `ode.tableaus`
+1. data: `problems`, `solution`, `params`, `validation`, `tfcompat`, `ode.tableaus`
 2. numerics: `derivatives`, `ode.rk`, `ode.control`, `ode.dense`,
    `nonlinear.linsolve`
 3. the loop: `ode.loop` (one stepping loop for every method and pass)
@@ -28,7 +28,7 @@ from .ode.control import PIController
 from .ode.methods import BS3, DP5, DP8, RK4, Euler, ExplicitRK, Heun, Midpoint, Tsit5
 from .ode.tableaus import ButcherTableau
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem
-from .sensitivity.algorithms import (
+from .sensitivity import (
     BacksolveAdjoint,
     DiscreteAdjoint,
     ForwardSensitivity,

@@ -11,25 +11,23 @@ to tensors of one dtype, run the shared loop, and in eager mode raise
 
 from __future__ import annotations
 
-import inspect
-
+import numpy as np
 import tensorflow as tf
 
 from . import validation as _v
-from .ode.control import PIController
 from .nonlinear.implicit import solve_nonlinear
+from .ode.control import PIController
+from .ode.loop import SolveOptions, nan_gradient_if
+from .ode.methods import ODEMethod, Tsit5
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem, check_u0
-from .solution import ODESolution, raise_if_failed
-from .sensitivity.algorithms import BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint, SensitivityAlgorithm
-from .sensitivity.direct import (
-    AdjointSensitivityResult,
-    ForwardSensitivityResult,
-    differentiable_solve,
-)
+from .sensitivity.adjoint_problem import ContinuousAdjoint
+from .sensitivity.base import SensitivityAlgorithm, Spec
+from .sensitivity.choice import solve_on_demand
+from .sensitivity.direct import AdjointSensitivityResult, ForwardSensitivityResult
 from .sensitivity.direct import adjoint_sensitivities as _adjoint_sensitivities
 from .sensitivity.direct import forward_sensitivities as _forward_sensitivities
-from .sensitivity.base import Spec
-from .ode.methods import ExplicitRK, Tsit5
+from .sensitivity.interpolating import InterpolatingAdjoint
+from .solution import ODESolution, Status, raise_if_failed
 
 __all__ = ["solve", "odeint", "forward_sensitivities", "adjoint_sensitivities"]
 
@@ -42,28 +40,14 @@ DEFAULT_ATOL = 1e-6
 DEFAULT_MAX_STEPS = 10000
 
 
+_NONLINEAR_ONLY = ("abstol", "reltol", "max_iters")
+_ODE_ONLY = ("saveat", "dt", "rtol", "atol", "max_steps", "dtmin", "dtmax", "controller")
+_ODE_DEFAULTS = dict(saveat=None, dt=None, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, max_steps=DEFAULT_MAX_STEPS,
+                     dtmin=None, dtmax=None, controller=None)
+
+
 @_no_autograph
-def solve(prob, alg=None, **options):
-    """Solve a problem: `ODEProblem`, `NonlinearProblem` or `SteadyStateProblem`.
-
-    For an `ODEProblem` see `_solve_ode` below (the options ``saveat``, ``dt``,
-    ``rtol``, ``atol``, ``max_steps``, ``dtmin``, ``dtmax``, ``controller``,
-    ``throw``). For ``f(u, p) = 0`` see `sensode.implicit.solve_nonlinear`
-    (``abstol``, ``reltol``, ``max_iters``, ``sensealg``, ``throw``). Options
-    are keyword-only; an unknown one raises `TypeError`.
-
-    Returns:
-      `ODESolution` or `NonlinearSolution`.
-    """
-    if isinstance(prob, (NonlinearProblem, SteadyStateProblem)):
-        return solve_nonlinear(prob, alg, **options)
-    unknown = sorted(set(options) - _ODE_OPTIONS)
-    if unknown:
-        raise TypeError(f"solve() got unknown option(s) {unknown} for an ODEProblem; known: {sorted(_ODE_OPTIONS)}")
-    return _solve_ode(prob, alg, **options)
-
-
-def _solve_ode(
+def solve(
     prob,
     alg=None,
     *,
@@ -75,27 +59,36 @@ def _solve_ode(
     dtmin=None,
     dtmax=None,
     controller: PIController | None = None,
+    abstol=None,
+    reltol=None,
+    max_iters: int | None = None,
     sensealg=None,
     throw: bool = True,
-) -> ODESolution:
-    """Solve an `ODEProblem`.
+):
+    """Solve a problem: `ODEProblem`, `NonlinearProblem` or `SteadyStateProblem`.
 
     Args:
-      prob: the `ODEProblem`.
-      alg: an ODE method (`Tsit5()`, `DP5()`, `BS3()`, `DP8()`, or the
-        fixed-step `Euler()`, `Midpoint()`, `Heun()`, `RK4()`); default `Tsit5()`.
-      saveat: ``[T]`` times inside ``tspan``, monotone in the direction of
-        integration; ``None`` saves ``t0`` and ``t1``. Values come from the
-        method's dense output, so save points never shorten the steps.
-      dt: step size of a fixed-step method (required there); for adaptive
-        methods the first step (default: automatic, Hairer--Nørsett--Wanner).
-      rtol, atol: relative and absolute tolerances (positive; ``atol`` may be a
-        tensor broadcastable to ``u0``). Defaults 1e-3 and 1e-6, as in
-        DifferentialEquations.jl.
-      max_steps: static bound on the number of attempted steps.
-      dtmin, dtmax: bounds on the step size magnitude (``dtmin`` defaults to
-        a few ulps of ``t``).
-      controller: a `PIController` (defaults by method order).
+      prob: the problem.
+      alg: for an ODE, a method (`Tsit5()`, `DP5()`, `BS3()`, `DP8()`, or the
+        fixed-step `Euler()`, `Midpoint()`, `Heun()`, `RK4()`); default
+        `Tsit5()`. For ``f(u, p) = 0``, `NewtonRaphson()` (default),
+        `NewtonKrylov()`, `AndersonAcceleration()` or `DynamicSS()`.
+      saveat: (ODE) ``[T]`` times inside ``tspan``, monotone in the direction
+        of integration; ``None`` saves ``t0`` and ``t1``. Values come from the
+        method's dense output, so save points never shorten the steps. Inside
+        `tf.function` times unknown at trace time are checked at run time: an
+        unsorted or out-of-span ``saveat`` gives ``Status.INVALID_INPUT`` and NaN.
+      dt: (ODE) step size of a fixed-step method (required there); for
+        adaptive methods the first step (default: automatic).
+      rtol, atol: (ODE) relative and absolute tolerances (positive; ``atol``
+        may be a tensor broadcastable to ``u0``). Defaults 1e-3 and 1e-6, as
+        in DifferentialEquations.jl.
+      max_steps: (ODE) static bound on the number of attempted steps.
+      dtmin, dtmax: (ODE) bounds on the step size magnitude (``dtmin``
+        defaults to a few ulps of ``t``).
+      controller: (ODE) a `PIController` (defaults by method order).
+      abstol, reltol, max_iters: (``f(u, p) = 0``) convergence tolerances and
+        the iteration bound; see `sensode.solve_nonlinear`.
       sensealg: how `tf.GradientTape` differentiates the solution: a
         `ForwardSensitivity`, `DiscreteAdjoint`, `BacksolveAdjoint`,
         `InterpolatingAdjoint` or `QuadratureAdjoint`; None picks one from the
@@ -105,37 +98,61 @@ def _solve_ode(
         `tf.function` nothing raises: read ``sol.status``.
 
     Returns:
-      `ODESolution` with ``t`` ``[T]``, ``u`` ``[T, *u0.shape]``, ``stats`` and
-      ``status``.
+      `ODESolution` (``t`` ``[T]``, ``u`` ``[T, *u0.shape]``, ``stats``,
+      ``status``) or `NonlinearSolution`. A failed solve has a non-zero
+      status, NaN at the save points it did not reach and NaN gradients.
 
     Raises:
-      TypeError / ValueError: bad input, naming the argument.
+      TypeError / ValueError: bad input, naming the argument (also an option
+        that does not apply to the problem type).
       SolverError: eager mode, ``throw=True``, and the solve failed.
     """
-    alg, spec, ts, t0, t1 = _prepare(
+    if isinstance(prob, (NonlinearProblem, SteadyStateProblem)):
+        given = dict(saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
+                     controller=controller)
+        wrong = [k for k in _ODE_ONLY if given[k] is not _ODE_DEFAULTS[k]]
+        if wrong:
+            raise TypeError(f"solve() option(s) {wrong} apply to ODEProblem only, not {type(prob).__name__}")
+        extra = {} if max_iters is None else {"max_iters": max_iters}
+        return solve_nonlinear(prob, alg, abstol=abstol, reltol=reltol, sensealg=sensealg, throw=throw, **extra)
+    wrong = [k for k, v in dict(abstol=abstol, reltol=reltol, max_iters=max_iters).items() if v is not None]
+    if wrong:
+        raise TypeError(f"solve() option(s) {wrong} apply to NonlinearProblem / SteadyStateProblem only")
+    alg, spec, ts, t0, t1, valid = _prepare(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
     )
-    if sensealg is not None and not isinstance(sensealg, SensitivityAlgorithm):
+    if sensealg is None:
+        u, stats, status = solve_on_demand(prob, spec, prob.u0, ts, t0, t1)
+    elif isinstance(sensealg, SensitivityAlgorithm):
+        u, stats, status = sensealg.solve(spec, prob.u0, ts, t0, t1, prob.p)
+    else:
         raise TypeError(f"`sensealg` must be a sensode sensitivity algorithm, got {sensealg!r}")
-    u, stats, status = differentiable_solve(prob, spec, sensealg, prob.u0, ts, t0, t1)
+    if valid is not None:
+        u, status = _mark_invalid(valid, u, status)
     sol = ODESolution(t=ts, u=u, stats=stats, status=status, prob=prob, alg=alg)
     if throw and tf.executing_eagerly():
         raise_if_failed(sol.status, f"solve with {alg!r}")
     return sol
 
 
-_ODE_OPTIONS = frozenset(
-    k for k, prm in inspect.signature(_solve_ode).parameters.items() if prm.kind is inspect.Parameter.KEYWORD_ONLY
-)
+def _mark_invalid(valid, u, status):
+    """NaN values and gradients, and `Status.INVALID_INPUT`, where a run-time check failed."""
+    bad = ~valid
+    u = nan_gradient_if(bad, tf.where(bad, tf.constant(np.nan, u.dtype), u))
+    return u, tf.where(bad, tf.constant(Status.INVALID_INPUT, tf.int32), status)
 
 
 def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller):
-    """Validate an ODE solve's inputs; returns ``(alg, spec, ts, t0, t1)``."""
+    """Validate an ODE solve's inputs, once for every entry point.
+
+    Returns ``(alg, spec, ts, t0, t1, valid)``: ``valid`` is None when every
+    check ran at trace time, else a boolean tensor of the run-time checks.
+    """
     if not isinstance(prob, ODEProblem):
         raise TypeError(f"`prob` must be an ODEProblem, got {type(prob).__name__}")
     alg = Tsit5() if alg is None else alg
-    if not isinstance(alg, ExplicitRK):
+    if not isinstance(alg, ODEMethod):
         raise TypeError(f"`alg` must be an ODE method such as sensode.Tsit5(), got {alg!r}")
     if controller is not None and not isinstance(controller, PIController):
         raise TypeError(f"`controller` must be a sensode.PIController, got {controller!r}")
@@ -161,15 +178,13 @@ def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, cont
         dtmax = _v.as_time(dtmax, dtype, "dtmax")
     if saveat is None:
         ts = tf.stack([t0, t1])
+        valid = None
     else:
         ts = _v.as_time(saveat, dtype, "saveat")
-        _v.check_saveat(ts, t0, t1)
-
-    options = dict(
-        rtol=rtol, atol=atol, dt=dt, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax, controller=controller
-    )
-    spec = Spec(f=_v.checked_f(prob.f, u0), tableau=alg.tableau, options=options)
-    return alg, spec, ts, t0, t1
+        valid = _v.check_saveat(ts, t0, t1)
+    options = SolveOptions(rtol=rtol, atol=atol, dt=dt, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
+                           controller=controller)
+    return alg, Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options), ts, t0, t1, valid
 
 
 @_no_autograph
@@ -205,11 +220,14 @@ def forward_sensitivities(
 
     References: see `sensode.ForwardSensitivity`.
     """
-    alg, spec, ts, t0, t1 = _prepare(
+    alg, spec, ts, t0, t1, valid = _prepare(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
     )
     res = _forward_sensitivities(prob, spec, ts, t0, t1)
+    if valid is not None:
+        u, status = _mark_invalid(valid, res.u, res.status)
+        res = res._replace(u=u, status=status)
     if throw and tf.executing_eagerly():
         raise_if_failed(res.status, "forward sensitivity solve")
     return res
@@ -258,7 +276,7 @@ def adjoint_sensitivities(
     if not isinstance(sol, ODESolution) or sol.prob is None:
         raise TypeError(f"`sol` must be the ODESolution of sensode.solve, got {type(sol).__name__}")
     sensealg = InterpolatingAdjoint() if sensealg is None else sensealg
-    if not isinstance(sensealg, (BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint)):
+    if not isinstance(sensealg, ContinuousAdjoint):
         raise TypeError(
             f"`sensealg` must be BacksolveAdjoint, InterpolatingAdjoint or QuadratureAdjoint, got {sensealg!r}"
         )
@@ -267,7 +285,7 @@ def adjoint_sensitivities(
     if g is not None and not callable(g):
         raise TypeError(f"`g` must be callable as g(t, u, p), got {type(g).__name__}")
     alg = sol.alg if alg is None else alg
-    alg, spec, ts, t0, t1 = _prepare(
+    alg, spec, ts, t0, t1, _ = _prepare(
         sol.prob, alg, saveat=None, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
     )
@@ -284,7 +302,24 @@ def adjoint_sensitivities(
 
 
 @_no_autograph
-def odeint(f, u0, t, p=None, *, alg=None, **options):
+def odeint(
+    f,
+    u0,
+    t,
+    p=None,
+    *,
+    alg=None,
+    dt=None,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    dtmin=None,
+    dtmax=None,
+    controller: PIController | None = None,
+    sensealg=None,
+    throw: bool = True,
+    saveat=None,
+):
     """Solve ``du/dt = f(t, u, p)`` and return ``u`` at the times ``t``.
 
     The torchdiffeq / TFP style interface: ``t[0]`` is the initial time and
@@ -295,18 +330,20 @@ def odeint(f, u0, t, p=None, *, alg=None, **options):
       u0: initial state, floating tensor of any shape.
       t: ``[T]`` times (``T >= 2``), monotone.
       p: parameters (``None``, a tensor or a nest of tensors).
-      alg: ODE method, default `Tsit5()`.
-      **options: the keyword options of `solve` (``rtol``, ``atol``, ``dt``,
-        ``max_steps``, ``throw``, ...); unknown ones raise `TypeError`.
+      alg, dt, rtol, atol, max_steps, dtmin, dtmax, controller, sensealg,
+        throw: as in `solve`.
+
+      saveat: not accepted: the save times are ``t`` (raises `TypeError`).
 
     Returns:
       ``[T, *u0.shape]`` tensor.
     """
-    if "saveat" in options:
+    if saveat is not None:
         raise TypeError("odeint takes the save times as `t`; do not pass `saveat`")
     u0 = check_u0(u0)
     t = _v.as_time(t, u0.dtype, "t")
     if t.shape.rank != 1 or (t.shape[0] is not None and t.shape[0] < 2):
         raise ValueError(f"`t` must be a 1-D tensor of at least two times, got shape {t.shape}")
     prob = ODEProblem(f, u0, (t[0], t[-1]), p)
-    return solve(prob, alg, saveat=t, **options).u
+    return solve(prob, alg, saveat=t, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
+                 controller=controller, sensealg=sensealg, throw=throw).u

@@ -10,25 +10,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["p_leaves", "vjp", "batched_jvp", "find_variables", "map_batch", "graph_if_eager"]
+from .params import Params
+
+__all__ = ["vjp", "batched_jvp", "map_batch", "graph_if_eager"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
-
-
-def p_leaves(p) -> list:
-    """The leaves of a parameter nest; ``None`` has none (not ``[None]``)."""
-    return [] if p is None else tf.nest.flatten(p)
-
-
-def find_variables(f, t, u, p) -> list:
-    """The variables that ``f(t, u, p)`` reads, found by one traced call.
-
-    Costs one evaluation in eager mode; inside a graph the call is dead code
-    that the runtime prunes.
-    """
-    with tf.GradientTape(watch_accessed_variables=True) as tape:
-        f(t, u, p)
-    return list(tape.watched_variables())
 
 
 def vjp(f, t, u, p, variables, cot, *, wrt_t: bool = False):
@@ -36,28 +22,32 @@ def vjp(f, t, u, p, variables, cot, *, wrt_t: bool = False):
 
     Args:
       f: right-hand side ``f(t, u, p)``.
-      t: scalar time; u: state; p: nest of tensors (or None).
+      t: scalar time; u: state.
+      p: the parameter nest; its differentiable leaves (`sensode.params`) are
+        differentiated.
       variables: list of variables read by ``f``.
       cot: tensor shaped like ``u``.
       wrt_t: also return ``cot^T df/dt``.
 
     Returns:
       ``(out, du, dp, dvars, dt)``: ``out = f(t, u, p)``, ``du = cot^T df/du``
-      (shape of ``u``), ``dp`` a list over ``tf.nest.flatten(p)``, ``dvars`` a
-      list over ``variables``, ``dt`` a scalar (zero unless ``wrt_t``).
+      (shape of ``u``), ``dp`` a list over the differentiable leaves of ``p``,
+      ``dvars`` a list over ``variables``, ``dt`` a scalar (zero unless
+      ``wrt_t``).
     """
-    leaves = p_leaves(p)
+    params = Params(p)
+    float_leaves = params.float_leaves
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(u)
-        tape.watch([x for x in leaves if x.dtype.is_floating])  # others get zero gradients
+        tape.watch(float_leaves)
         if wrt_t:
             tape.watch(t)
         for v in variables:
             tape.watch(v)
-        out = f(t, u, tf.nest.pack_sequence_as(p, leaves) if p is not None else None)
-    sources = [u] + leaves + list(variables) + ([t] if wrt_t else [])
+        out = f(t, u, params.pack(float_leaves))
+    sources = [u] + float_leaves + list(variables) + ([t] if wrt_t else [])
     grads = tape.gradient(out, sources, output_gradients=cot, unconnected_gradients=_ZERO)
-    n_p = len(leaves)
+    n_p = len(float_leaves)
     du = grads[0]
     dp = grads[1 : 1 + n_p]
     dv = grads[1 + n_p : 1 + n_p + len(variables)]
@@ -69,21 +59,24 @@ def batched_jvp(f, t, u, p, variables, u_tangents, p_tangents, v_tangents):
     """Jacobian--vector products for a batch of ``M`` tangent directions at once.
 
     Args:
+      p: the parameter nest; its differentiable leaves get tangents.
+      variables: list of variables read by ``f``.
       u_tangents: ``[M, *u.shape]``.
-      p_tangents: list over ``tf.nest.flatten(p)`` of ``[M, *leaf.shape]``.
+      p_tangents: list over the differentiable leaves of ``[M, *leaf.shape]``.
       v_tangents: list over ``variables`` of ``[M, *var.shape]``.
 
     Returns:
       ``(out, jvps)`` with ``out = f(t, u, p)`` and ``jvps`` ``[M, *u.shape]``:
       ``(df/du) u_t + (df/dp) p_t + (df/dv) v_t`` for each direction.
     """
-    leaves = p_leaves(p)
+    params = Params(p)
+    float_leaves = params.float_leaves
 
     def one(tangents):
         tu, tp, tv = tangents
-        primals = [u] + leaves + list(variables)
+        primals = [u] + float_leaves + list(variables)
         with tf.autodiff.ForwardAccumulator(primals=primals, tangents=[tu] + list(tp) + list(tv)) as acc:
-            out = f(t, u, tf.nest.pack_sequence_as(p, leaves) if p is not None else None)
+            out = f(t, u, params.pack(float_leaves))
         return acc.jvp(out, unconnected_gradients=_ZERO), out
 
     # The primal output is loop-invariant: pfor computes it once and tiles it.

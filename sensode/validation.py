@@ -108,14 +108,24 @@ def check_tspan(t0, t1):
 
 
 def check_saveat(saveat, t0, t1):
-    """``saveat`` must be 1-D, inside ``[t0, t1]`` and monotone in that direction."""
+    """``saveat`` must be 1-D, inside ``[t0, t1]`` and monotone in that direction.
+
+    Raises at once when the values are known now. Otherwise returns a
+    boolean tensor that is True when the run-time values pass the same checks
+    (the entry points turn False into `Status.INVALID_INPUT` and NaN);
+    returns None when everything was checked here.
+    """
     if saveat.shape.rank != 1:
         raise ValueError(f"`saveat` must be a 1-D tensor of times, got shape {saveat.shape}")
     if saveat.shape[0] == 0:
         raise ValueError("`saveat` must contain at least one time")
     ts, v0, v1 = static_value(saveat), static_value(t0), static_value(t1)
     if ts is None or v0 is None or v1 is None:
-        return
+        direction = tf.where(t1 >= t0, tf.constant(1.0, saveat.dtype), tf.constant(-1.0, saveat.dtype))
+        lo, hi = tf.minimum(t0, t1), tf.maximum(t0, t1)
+        inside = tf.reduce_all((saveat >= lo) & (saveat <= hi))
+        monotone = tf.reduce_all(direction * (saveat[1:] - saveat[:-1]) >= 0)
+        return inside & monotone & tf.reduce_all(tf.math.is_finite(saveat))
     lo, hi = min(v0, v1), max(v0, v1)
     if not np.all(np.isfinite(ts)):
         raise ValueError("`saveat` must be finite")
@@ -128,6 +138,7 @@ def check_saveat(saveat, t0, t1):
             "`saveat` must be monotone in the direction of integration "
             f"({'increasing' if v1 >= v0 else 'decreasing'})"
         )
+    return None
 
 
 def checked_f(f, u0, name="f"):

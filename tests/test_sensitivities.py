@@ -541,31 +541,28 @@ def test_default_sensealg_choices():
 def test_checkpointing_stores_k_states_independent_of_steps(k):
     # The forward pass keeps k + 1 states (t0 and the k segment ends), however
     # many steps the solve takes.
-    from sensode.sensitivity.discrete import CheckpointedDiscreteAdjoint
     from sensode.api import _prepare
 
     counts = {}
     for t1 in (1.0, 10.0):
         prob = sd.models.exponential_decay(tspan=(0.0, t1))
-        _, spec, ts, t0, t1_ = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-8, atol=1e-10,
-                                        max_steps=1000, dtmin=None, dtmax=None, controller=None)
-        _, stats, _, (cuts, states, hs) = CheckpointedDiscreteAdjoint(k).forward(spec, prob.u0, ts, t0, t1_, prob.p, [])
+        _, spec, ts, t0, t1_, _ = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-8, atol=1e-10,
+                                           max_steps=1000, dtmin=None, dtmax=None, controller=None)
+        fwd = sd.DiscreteAdjoint(checkpoints=k).forward(spec, prob.u0, ts, t0, t1_, prob.p, [])
+        stats, states = fwd.stats, fwd.aux.states
         assert len(states) == k + 1 and all(s.shape == prob.u0.shape for s in states)
         counts[t1] = int(stats["accepted"])
     assert counts[10.0] > 3 * counts[1.0]  # the longer span really takes more steps
 
 
 def test_backsolve_keeps_no_dense_record():
-    from sensode.sensitivity.continuous import ContinuousAdjointMethod
     from sensode.api import _prepare
 
     prob = sd.models.exponential_decay()
-    _, spec, ts, t0, t1, = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-6, atol=1e-8,
-                                    max_steps=200, dtmin=None, dtmax=None, controller=None)
-    _, _, _, (_, record, _) = ContinuousAdjointMethod(sd.BacksolveAdjoint()).forward(spec, prob.u0, ts, t0, t1, prob.p, [])
-    assert record is None
-    _, _, _, (_, record, _) = ContinuousAdjointMethod(sd.InterpolatingAdjoint()).forward(spec, prob.u0, ts, t0, t1, prob.p, [])
-    assert record is not None
+    _, spec, ts, t0, t1, _ = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-6, atol=1e-8,
+                                      max_steps=200, dtmin=None, dtmax=None, controller=None)
+    assert sd.BacksolveAdjoint().forward(spec, prob.u0, ts, t0, t1, prob.p, []).aux.record is None
+    assert sd.InterpolatingAdjoint().forward(spec, prob.u0, ts, t0, t1, prob.p, []).aux.record is not None
 
 
 @pytest.mark.parametrize("bad", ["forward", sd.Tsit5(), sd.ForwardSensitivity])

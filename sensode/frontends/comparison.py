@@ -32,15 +32,13 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from ..derivatives import p_leaves
-from ..sensitivity.algorithms import (
-    BacksolveAdjoint,
-    DiscreteAdjoint,
-    ForwardSensitivity,
-    InterpolatingAdjoint,
-    QuadratureAdjoint,
-    SensitivityAlgorithm,
-)
+from ..params import leaves as p_leaves
+from ..sensitivity.backsolve import BacksolveAdjoint
+from ..sensitivity.base import SensitivityAlgorithm
+from ..sensitivity.discrete import DiscreteAdjoint
+from ..sensitivity.forward import ForwardSensitivity
+from ..sensitivity.interpolating import InterpolatingAdjoint
+from ..sensitivity.quadrature import QuadratureAdjoint
 from ..api import adjoint_sensitivities, solve
 from ..ode.methods import Tsit5
 

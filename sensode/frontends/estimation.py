@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from ..derivatives import p_leaves
+from ..params import leaves as p_leaves
 from ..problems import ODEProblem
 from ..api import forward_sensitivities, solve
 from ..ode.methods import Tsit5

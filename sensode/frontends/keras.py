@@ -27,9 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .. import sensitivity as _sensealg
 from ..nonlinear import linsolve as _linsolve
 from ..nonlinear import methods as _nonlinear
-from ..sensitivity import algorithms as _sensealg
 from ..ode import methods as _solvers
 from ..problems import NonlinearProblem, ODEProblem
 from ..api import solve

@@ -32,7 +32,8 @@ from .. import validation as _v
 from .linsolve import LU, JacobianOperator, LinearSolver
 from .methods import NewtonRaphson, NonlinearAlgorithm
 from ..problems import NonlinearProblem, SteadyStateProblem
-from ..sensitivity.algorithms import DiscreteAdjoint, ForwardSensitivity
+from ..sensitivity.discrete import DiscreteAdjoint
+from ..sensitivity.forward import ForwardSensitivity
 from ..solution import NonlinearSolution, SolverError, raise_if_failed
 
 __all__ = ["solve_nonlinear", "DEFAULT_MAX_ITERS"]

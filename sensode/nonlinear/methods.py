@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from .linsolve import GMRES, LU, JacobianOperator, LinearSolver
-from ..ode.loop import integrate
+from ..ode.loop import SolveOptions, integrate
 from ..solution import Status
 from ..ode.methods import ExplicitRK, Tsit5
 
@@ -411,8 +411,7 @@ class DynamicSS(NonlinearAlgorithm):
             start = t_first * (tf.pow(tf.constant(2.0, dtype), tf.cast(s.iters, dtype)) - 1.0)
             end = 2.0 * start + t_first
             res = integrate(
-                rhs, s.u, start, end, tableau=self.alg.tableau, rtol=self.rtol, atol=self.atol,
-                max_steps=self.max_steps,
+                rhs, s.u, start, end, self.alg, SolveOptions(rtol=self.rtol, atol=self.atol, max_steps=self.max_steps),
             )
             u = res.y1
             fu = fn(u)

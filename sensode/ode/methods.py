@@ -1,18 +1,118 @@
-"""ODE methods, named as in DifferentialEquations.jl.
+"""ODE methods: the protocol the stepping loop drives, and the explicit RK methods.
 
-Each method is a thin object around a `ButcherTableau`; all of them run through
-the same generic Runge--Kutta step and the same stepping loop.
+The loop (`sensode.ode.loop.integrate`) knows nothing about how a method
+steps. It calls, on *flat lists* of state tensors:
+
+* ``init(fn, t0, y0, f0) -> carry``: the method's own loop state (a nest of
+  tensors: e.g. a cached Jacobian and its factorisation); ``()`` for explicit
+  Runge--Kutta methods.
+* ``step(fn, t, y, f, h, carry) -> MethodStep``: one attempted step of size
+  ``h`` (signed) from ``(t, y)`` with ``f = fn(t, y)``: the proposal, the
+  derivative at its end (the next step's first stage), the error estimate,
+  whatever the dense output needs, the evaluations spent and the new carry.
+* ``error_ratio(step, y0, rtol, atol, include) -> scalar``: the error norm
+  of a step, ``<= 1`` accepts it.
+* ``dense(fn, t, y, h, step) -> (rows, nfe)``: the dense-output data of a
+  step, one ``[dense_rows, *leaf]`` tensor per leaf (extra stages are paid
+  for here, and only for steps that need them: ``dense_nfe`` says how many).
+* ``interpolate(theta, y0, h, rows) -> list``: the state at fractions
+  ``theta`` of steps, from their start ``y0`` and ``rows``.
+* ``stats(carry) -> dict``: method-specific counters (Jacobians, LU
+  factorisations, linear solves) added to ``sol.stats``.
+
+Static facts: ``order`` (of the solution), ``error_order`` (of the embedded
+estimate; the controller's exponent is ``1 / (error_order + 1)``),
+``adaptive``, ``dense_rows``, ``dense_nfe`` and ``stiff`` (meant for stiff
+problems). A stiff method is one more implementation of this protocol.
+
+Method objects compare equal by type and tableau, so they can serve as
+static keys (Keras configs, compiled-function caches).
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple
+
+import tensorflow as tf
+
+from . import control, rk
 from . import tableaus as _tab
 
-__all__ = ["ExplicitRK", "Euler", "Midpoint", "Heun", "RK4", "BS3", "DP5", "Tsit5", "DP8"]
+__all__ = [
+    "MethodStep",
+    "ODEMethod",
+    "ExplicitRK",
+    "Euler",
+    "Midpoint",
+    "Heun",
+    "RK4",
+    "BS3",
+    "DP5",
+    "Tsit5",
+    "DP8",
+]
+
+FlatFn = Callable[[tf.Tensor, list], list]
+
+# Problems below this many interpolated numbers are "small": broadcast-and-sum
+# (which XLA fuses into one loop) beats a matrix product's fixed cost there.
+SMALL_WORK = 65536
 
 
-class ExplicitRK:
-    """An explicit Runge--Kutta method given by a tableau.
+class MethodStep(NamedTuple):
+    """One attempted step, as a method returns it to the loop."""
+
+    y1: list  # proposed state at t + h (flat)
+    f1: list  # fn(t + h, y1): the next step's first stage
+    err: Any  # method-specific error data, read by `error_ratio`
+    data: Any  # what `dense` needs (e.g. the stages)
+    nfe: Any  # evaluations of fn spent (Python int or int32 tensor)
+    carry: Any  # the method's loop state after this attempt
+
+
+class ODEMethod:
+    """Base class of ODE methods: the protocol `sensode.ode.loop` drives.
+
+    Subclasses set the static facts and implement the methods below; see the
+    module docstring for the contract.
+    """
+
+    name: str = "?"
+    order: int = 0
+    error_order: int | None = None
+    dense_rows: int = 0
+    dense_nfe: int = 0
+    stiff: bool = False
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method carries an embedded error estimate."""
+        return self.error_order is not None
+
+    def init(self, fn: FlatFn, t0, y0: list, f0: list):
+        return ()
+
+    def step(self, fn: FlatFn, t, y: list, f: list, h, carry) -> MethodStep:
+        raise NotImplementedError
+
+    def error_ratio(self, step: MethodStep, y0: list, rtol, atol, include=None):
+        return control.error_ratio(step.err, y0, step.y1, rtol, atol, include=include)
+
+    def dense(self, fn: FlatFn, t, y: list, h, step: MethodStep):
+        raise NotImplementedError
+
+    def interpolate(self, theta, y0: list, h, rows: list) -> list:
+        raise NotImplementedError
+
+    def stats(self, carry) -> dict:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class ExplicitRK(ODEMethod):
+    """An explicit Runge--Kutta method given by a `ButcherTableau`.
 
     Fixed-step methods (no embedded error estimate) need ``dt`` in `solve`;
     adaptive ones use it, if given, as the first step.
@@ -26,16 +126,56 @@ class ExplicitRK:
         if getattr(self, "tableau", None) is None:
             raise TypeError("ExplicitRK needs a `tableau`")
 
-    @property
-    def adaptive(self) -> bool:
-        return self.tableau.adaptive
+    # Static facts, derived from the tableau.
+    name = property(lambda self: self.tableau.name)
+    order = property(lambda self: self.tableau.order)
+    error_order = property(lambda self: self.tableau.error_order)
+    dense_rows = property(lambda self: len(self.tableau.dense_rows))
+    dense_nfe = property(lambda self: self.tableau.extra_stages)
 
-    @property
-    def order(self) -> int:
-        return self.tableau.order
+    def step(self, fn, t, y, f, h, carry) -> MethodStep:
+        tab = self.tableau
+        res = rk.rk_step(fn, tab, t, y, f, h)
+        return MethodStep(res.y1, res.f_new, (res.err, res.err_secondary), res.stages, tab.stages, carry)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+    def error_ratio(self, step, y0, rtol, atol, include=None):
+        err, err2 = step.err
+        return control.error_ratio(err, y0, step.y1, rtol, atol, err2, include)
+
+    def dense(self, fn, t, y, h, step):
+        tab = self.tableau
+        stages = rk.dense_stages(fn, tab, t, y, h, step.data) if tab.extra_stages else step.data
+        rows = [tf.stack([stages[i][leaf] for i in tab.dense_rows], axis=0) for leaf in range(len(y))]
+        return rows, tab.extra_stages
+
+    def interpolate(self, theta, y0, h, rows):
+        """``y0 + h sum_r w_r(theta) rows_r`` at ``theta`` ``[M]``.
+
+        Either one step (``y0`` leaves ``[*leaf]``, ``h`` scalar, ``rows``
+        ``[R, *leaf]``) or one step per point (``y0`` ``[M, *leaf]``, ``h``
+        ``[M]``, ``rows`` ``[M, R, *leaf]``). Returns ``[M, *leaf]`` leaves.
+        """
+        w = rk.dense_weights(self.tableau, theta)  # [M, R]
+        per_point = h.shape.rank == 1
+        out = []
+        for y, k in zip(y0, rows):
+            leaf_rank = y.shape.rank - (1 if per_point else 0)
+            if per_point:
+                wk = tf.reshape(w, w.shape.concatenate([1] * leaf_rank))
+                interp = tf.reduce_sum(wk * k, axis=1)
+                hb = tf.reshape(h, [-1] + [1] * leaf_rank)
+                out.append(y + hb * interp)
+                continue
+            size = y.shape.num_elements()
+            n_t = theta.shape[0]
+            if size is not None and n_t is not None and size * n_t * k.shape[0] <= SMALL_WORK:
+                wk = tf.reshape(w, w.shape.concatenate([1] * leaf_rank))  # [M, R, 1...]
+                interp = tf.reduce_sum(wk * k[None], axis=1)
+            else:
+                flat = tf.reshape(k, [k.shape[0], -1])
+                interp = tf.reshape(tf.matmul(w, flat), tf.concat([tf.shape(theta), tf.shape(y)], 0))
+            out.append(y[None] + h * interp)
+        return out
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self.tableau is other.tableau

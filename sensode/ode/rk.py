@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from .tableaus import ButcherTableau
 
-__all__ = ["StepResult", "rk_step", "dense_stages", "dense_weights", "dense_eval"]
+__all__ = ["StepResult", "rk_step", "dense_stages", "dense_weights"]
 
 FlatFn = Callable[[tf.Tensor, list], list]
 
@@ -89,30 +89,3 @@ def dense_weights(tab: ButcherTableau, theta):
     for j in range(deg - 2, -1, -1):
         w = (w + tf.constant(coef[:, j], dtype=dtype)[None]) * th
     return w
-
-
-def dense_eval(tab: ButcherTableau, theta, y0: list, h, stages: list) -> list:
-    """Interpolate at fractions ``theta`` (``[T]``, in ``[0, 1]``) of the step.
-
-    Returns a flat list of ``[T, *leaf.shape]`` tensors:
-    ``y0 + h * sum_i w_i(theta) K_i``.
-
-    Small problems are written as broadcast-multiply-and-sum, which XLA fuses
-    into one loop; a matrix product would be a library call whose fixed cost
-    dominates for a handful of numbers. Large ones use the matrix product.
-    """
-    used = tab.dense_rows
-    w = dense_weights(tab, theta)  # [T, n_used]
-    out = []
-    for leaf, y in enumerate(y0):
-        k = tf.stack([stages[i][leaf] for i in used], axis=0)  # [n_used, *shape]
-        size = y.shape.num_elements()
-        n_t = theta.shape[0]
-        if size is not None and n_t is not None and size * n_t * len(used) <= 65536:
-            wk = tf.reshape(w, w.shape.concatenate([1] * y.shape.rank))  # [T, n_used, 1...]
-            interp = tf.reduce_sum(wk * k[None], axis=1)
-        else:
-            flat = tf.reshape(k, [len(used), -1])
-            interp = tf.reshape(tf.matmul(w, flat), tf.concat([tf.shape(theta), tf.shape(y)], 0))
-        out.append(y[None] + h * interp)
-    return out

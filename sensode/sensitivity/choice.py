@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ..derivatives import find_variables, p_leaves
-from .algorithms import ForwardSensitivity, InterpolatingAdjoint, SensitivityAlgorithm
+from .. import tfcompat
+from ..params import Params, find_variables
+from .base import ForwardPass, SensitivityAlgorithm, differentiable
+from .discrete import DiscreteAdjoint
+from .forward import ForwardSensitivity
+from .interpolating import InterpolatingAdjoint
 
-__all__ = ["default_sensealg", "FORWARD_MODE_LIMIT"]
+__all__ = ["default_sensealg", "solve_on_demand", "FORWARD_MODE_LIMIT"]
 
 # SciMLSensitivity switches from forward to adjoint modes at about this size.
 FORWARD_MODE_LIMIT = 100
-
-
-def _n_params(p, variables) -> int:
-    leaves = [x for x in p_leaves(p) if (tf.is_tensor(x) or isinstance(x, tf.Variable)) and x.dtype.is_floating]
-    return sum(int(x.shape.num_elements()) for x in leaves) + sum(int(v.shape.num_elements()) for v in variables)
 
 
 def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
@@ -29,12 +28,15 @@ def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
     included) is at most 100; above that `InterpolatingAdjoint`, the stable
     continuous adjoint, as SciMLSensitivity.jl does.
 
+    Args:
+      prob: an `ODEProblem`.
+
     Returns:
       ``(sensealg, reason)``.
     """
     variables = find_variables(prob.f, tf.cast(prob.tspan[0], prob.u0.dtype), prob.u0, prob.p)
     n_u = int(prob.u0.shape.num_elements())
-    n_p = _n_params(prob.p, variables)
+    n_p = sum(Params(prob.p).sizes) + sum(int(v.shape.num_elements()) for v in variables)
     if n_u + n_p <= FORWARD_MODE_LIMIT:
         return ForwardSensitivity(), (
             f"len(u0) + len(p) = {n_u} + {n_p} <= {FORWARD_MODE_LIMIT}: forward sensitivities are cheapest"
@@ -45,3 +47,36 @@ def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
     )
 
 
+class _OnDemand(SensitivityAlgorithm):
+    """Run an algorithm's own forward pass only when a gradient is requested.
+
+    The forward pass is the plain solve; the backward pass first repeats the
+    solve the way the algorithm needs it (with sensitivities, or recording
+    the dense output) and then runs its backward pass. Used for
+    ``sensealg=None``, so that a solve nobody differentiates costs no more
+    than the plain loop (inside `tf.function` that cannot be known in advance).
+    """
+
+    def __init__(self, algorithm: SensitivityAlgorithm):
+        self.algorithm = algorithm
+
+    def forward(self, spec, u0, ts, t0, t1, p, variables):
+        res = spec.solve_plain(u0, ts, t0, t1, p)
+        return ForwardPass(res.ys, res.stats, res.status, None)
+
+    def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
+        fwd = self.algorithm.forward(spec, u0, ts, t0, t1, p, variables)
+        return self.algorithm.backward(spec, u0, ts, t0, t1, p, variables, fwd.aux, g_u)
+
+
+def solve_on_demand(prob, spec, u0, ts, t0, t1):
+    """The solve of ``sensealg=None``: ``(u, stats, status)``.
+
+    Eagerly with no tape recording, nothing will differentiate the solve: the
+    plain loop. Otherwise the plain loop forward, and `default_sensealg`'s
+    choice only if a gradient is requested.
+    """
+    if tf.executing_eagerly() and not tfcompat.gradient_may_be_recorded():
+        return DiscreteAdjoint().solve(spec, u0, ts, t0, t1, prob.p)
+    chosen, _ = default_sensealg(prob)
+    return differentiable(spec, _OnDemand(chosen), u0, ts, t0, t1, prob.p)

@@ -1,0 +1,78 @@
+"""The dense-output record of a solve, and its evaluation anywhere in the span.
+
+A `Record` keeps, for every accepted step ``i``, its start time, signed size,
+start state and the method's dense-output rows (``[dense_rows, *leaf]`` per
+leaf, see `sensode.ode.methods`). Buffers have a static number of entries
+(the loop bound) so that XLA can compile them; only the first ``count`` are
+valid.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+__all__ = ["Record", "empty_record", "write_record", "interpolate"]
+
+
+class Record(NamedTuple):
+    """Dense output of every accepted step, in fixed-size buffers.
+
+    ``t`` ``[n + 1]`` (step boundaries), ``h`` ``[n]``, ``y[leaf]``
+    ``[n, *leaf]`` and ``k[leaf]`` ``[n, rows, *leaf]``; ``count`` valid steps.
+    """
+
+    t: tf.Tensor
+    h: tf.Tensor
+    y: list
+    k: list
+    count: tf.Tensor
+
+
+def empty_record(n: int, t0, y0: list, rows: int) -> Record:
+    """Buffers for ``n`` steps, starting at ``t0`` (``y0`` gives leaf shapes)."""
+    dtype = t0.dtype
+    t = tf.tensor_scatter_nd_update(tf.zeros([n + 1], dtype), [[0]], t0[None])
+    # tf.shape, not the static shape: a batch dimension may be unknown.
+    ys = [tf.zeros(tf.concat([[n], tf.shape(y)], 0), dtype) for y in y0]
+    ks = [tf.zeros(tf.concat([[n, rows], tf.shape(y)], 0), dtype) for y in y0]
+    return Record(t, tf.zeros([n], dtype), ys, ks, tf.constant(0, tf.int32))
+
+
+def write_record(rec: Record, idx, t_end, h, y: list, rows: list) -> Record:
+    """Write step ``idx`` (start ``y``, size ``h``, ending at ``t_end``).
+
+    The loop writes at index ``accepted`` on every attempt: a rejected attempt
+    is overwritten by the next one, so the buffers never pass through the
+    accept/reject select (which would copy them every step).
+    """
+    return Record(
+        t=tf.tensor_scatter_nd_update(rec.t, [[idx + 1]], t_end[None]),
+        h=tf.tensor_scatter_nd_update(rec.h, [[idx]], h[None]),
+        y=[tf.tensor_scatter_nd_update(b, [[idx]], v[None]) for b, v in zip(rec.y, y)],
+        k=[tf.tensor_scatter_nd_update(b, [[idx]], r[None]) for b, r in zip(rec.k, rows)],
+        count=rec.count,
+    )
+
+
+def interpolate(method, rec: Record, t, direction) -> list:
+    """Evaluate a `Record` at times ``t`` (``[M]``) inside the recorded span.
+
+    Returns a flat list of ``[M, *leaf]`` tensors. Each time picks the
+    accepted step that contains it (binary search over the step start times).
+    """
+    dtype = rec.h.dtype
+    n = tf.maximum(rec.count, 1)
+    starts = direction * rec.t[:-1]  # increasing in the integration direction
+    valid = tf.range(tf.shape(starts)[0]) < rec.count
+    big = tf.constant(tf.experimental.numpy.finfo(dtype.as_numpy_dtype).max, dtype)
+    starts = tf.where(valid, starts, big)
+    idx = tf.searchsorted(starts, direction * t, side="right") - 1
+    idx = tf.clip_by_value(idx, 0, n - 1)
+    t_i = tf.gather(rec.t, idx)
+    h_i = tf.gather(rec.h, idx)
+    theta = tf.clip_by_value((t - t_i) / h_i, 0.0, 1.0)
+    y_i = [tf.gather(b, idx) for b in rec.y]
+    k_i = [tf.gather(b, idx) for b in rec.k]
+    return method.interpolate(theta, y_i, h_i, k_i)

@@ -1,0 +1,226 @@
+"""The continuous adjoint as just another ODE, solved backwards by the same loop.
+
+All continuous adjoints solve ``a(t) = dL/du(t)``, ``da/dt = -a^T df/du``,
+from ``t1`` back to ``t0``. The loss gradient at each save time enters as a
+jump in ``a``: the backward solve lands on the save times and keeps its step
+size instead of restarting between them. The parameter gradient is
+``dL/dp = int_{t0}^{t1} a^T df/dp dt``; time gradients come from the closed
+forms of `sensode.sensitivity.base`.
+
+`ContinuousAdjoint` builds that backward problem and runs it; its subclasses
+(`BacksolveAdjoint`, `InterpolatingAdjoint`, `QuadratureAdjoint`) differ only
+in four hooks: the backward state (`adjoint_state`), its right-hand side
+(`adjoint_rhs`), the jump at a save time (`adjoint_jump`) and how the result
+is read (`adjoint_result`). Adding an adjoint is one module with those hooks.
+
+With ``seminorm=True`` the parameter-gradient integrals take no part in step
+size control (Kidger, Chen & Lyons, "Hey, that's not an ODE", ICML 2021).
+
+References: Chen, Rubanova, Bettencourt & Duvenaud, "Neural ordinary
+differential equations", NeurIPS 2018; Cao, Li, Petzold & Serban, SIAM J.
+Sci. Comput. 24(3), 2003; Rackauckas et al., SciMLSensitivity.jl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+from ..derivatives import graph_if_eager, vjp
+from ..ode import dense
+from ..params import Params
+from ..solution import raise_if_failed
+from .base import ForwardPass, Gradients, SensitivityAlgorithm, nan_if_failed
+from .checkpoint import backward_sweep, segment_cap, segmented_forward, solve_segment
+
+__all__ = ["AdjointProblem", "AdjointResult", "ContinuousAdjoint", "backward_solve"]
+
+
+class AdjointProblem(NamedTuple):
+    """The data of one backward solve, with the pieces every adjoint uses."""
+
+    spec: Any
+    p: Any
+    params: Params
+    variables: list
+    ts: tf.Tensor  # [T] save times
+    g_u: tf.Tensor  # [T, *u.shape] loss gradient at the save times
+    g_cont: Any  # running cost g(t, u, p) or None
+    record: Any  # forward dense output (`Record`) or None
+    u1: tf.Tensor  # forward state at t1
+    direction: tf.Tensor
+
+    def g_at(self, t):
+        """The loss gradient at the save times equal to ``t`` (summed)."""
+        mask = tf.cast(tf.equal(self.ts, t), self.g_u.dtype)
+        return tf.reduce_sum(tf.reshape(mask, [-1] + [1] * (self.g_u.shape.rank - 1)) * self.g_u, axis=0)
+
+    def state_at(self, t):
+        """The forward state at ``t``, from the recorded dense output."""
+        return dense.interpolate(self.spec.method, self.record, t[None], self.direction)[0][0]
+
+    def terms(self, t, u, a):
+        """``(da/dt, d(dL/dp)/dt, d(dL/dvars)/dt)`` at ``(t, u, a)``, running cost included."""
+        _, du, dp, dv, _ = vjp(self.spec.f, t, u, self.p, self.variables, a)
+        da, dgp, dgv = -du, [-x for x in dp], [-x for x in dv]
+        if self.g_cont is not None:  # d/dt a = -a f_u - g_u for a running cost
+            leaves = self.params.float_leaves
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(u)
+                tape.watch(leaves)
+                for v in self.variables:
+                    tape.watch(v)
+                val = self.g_cont(t, u, self.params.pack(leaves))
+            extra = tape.gradient(val, [u] + leaves + list(self.variables),
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            n_p = len(leaves)
+            da = da - extra[0]
+            dgp = [x - e for x, e in zip(dgp, extra[1 : 1 + n_p])]
+            dgv = [x - e for x, e in zip(dgv, extra[1 + n_p :])]
+        return da, dgp, dgv
+
+
+class AdjointResult(NamedTuple):
+    """A backward solve's result: ``a(t0)``, the accumulated gradients, stats, status."""
+
+    du0: tf.Tensor
+    dp: list  # over the differentiable leaves of p
+    dvars: list
+    stats: dict
+    status: tf.Tensor
+
+
+class _Aux(NamedTuple):
+    u1: tf.Tensor
+    record: Any
+    h: tf.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinuousAdjoint(SensitivityAlgorithm):
+    """Options shared by the continuous adjoints.
+
+    Args:
+      rtol, atol: tolerances of the backward solve (default: the forward ones).
+      alg: ODE method of the backward solve (default: the forward one).
+      seminorm: leave the parameter integrals out of step-size control.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    alg: Any = None
+    seminorm: bool = True
+
+    # ------------------------------------------------------------------ hooks
+    records_forward = True  # does the backward pass read the forward dense output?
+    records_backward = False  # does `adjoint_result` read the backward dense output?
+
+    def adjoint_state(self, prob: AdjointProblem, a, gp, gv):
+        """``(y0, include_in_norm)`` of the backward solve at ``t1``."""
+        raise NotImplementedError
+
+    def adjoint_rhs(self, prob: AdjointProblem, t, y):
+        raise NotImplementedError
+
+    def adjoint_jump(self, prob: AdjointProblem, t, y):
+        raise NotImplementedError
+
+    def adjoint_result(self, prob: AdjointProblem, res, method, t0, t1):
+        """``(du0, dp, dvars, extra_nfe)`` from the backward solve's result."""
+        raise NotImplementedError
+
+    def checkpoint_count(self) -> int | None:
+        return None
+
+    # ------------------------------------------------------------ the passes
+    def gradient_norm_flags(self, gp, gv):
+        """``include_in_norm`` flags of the parameter integrals (False with the seminorm)."""
+        return [not self.seminorm] * len(gp), [not self.seminorm] * len(gv)
+
+    def forward(self, spec, u0, ts, t0, t1, p, variables) -> ForwardPass:
+        k = self.checkpoint_count()
+        if k:
+            cp = segmented_forward(spec, u0, ts, t0, t1, p, k)
+            return ForwardPass(cp.u, cp.stats, cp.status, cp)
+        res = spec.solve_plain(u0, ts, t0, t1, p, record=self.records_forward)
+        return ForwardPass(res.ys, res.stats, res.status, _Aux(res.y1, res.record, res.h))
+
+    def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u) -> Gradients:
+        if self.checkpoint_count():
+            du0, dp, dv, status = self._backward_segments(spec, u0, ts, t0, t1, p, variables, aux, g_u)
+        else:
+            r = backward_solve(spec, self, u0, ts, t0, t1, p, variables, aux.u1, aux.record, g_u, h_init=aux.h)
+            du0, dp, dv, status = r.du0, r.dp, r.dvars, r.status
+        if tf.executing_eagerly():
+            raise_if_failed(status, f"backward solve of {type(self).__name__}")
+        return Gradients(du0, dp, dv)
+
+    def _backward_segments(self, spec, u0, ts, t0, t1, p, variables, cp, g_u):
+        k = self.checkpoint_count()
+        rank = u0.shape.rank
+        at_end = tf.reshape(tf.cast(tf.equal(ts, t1), u0.dtype), [-1] + [1] * rank)
+        a0 = tf.reduce_sum(at_end * g_u, axis=0)  # the loss gradient at t1
+        acc0 = ([tf.zeros_like(x) for x in Params(p).float_leaves], [tf.zeros_like(v) for v in variables])
+
+        def segment(i, a, acc, first):
+            dt = spec.options.dt if first else cp.steps[i]
+            res, _ = solve_segment(spec, cp.states[i], dt, cp.cuts[i], cp.cuts[i + 1], ts, p, record=True,
+                                   max_steps=segment_cap(spec, k))
+            r = backward_solve(spec, self, u0, ts, cp.cuts[i], cp.cuts[i + 1], p, variables, res.y1, res.record, g_u,
+                               a_init=a, acc_init=acc, h_init=res.h)
+            status = tf.where(tf.equal(res.status, 0), r.status, res.status)
+            return r.du0, (list(r.dp), list(r.dvars)), status
+
+        a, acc, status = backward_sweep(k, segment, a0, acc0)
+        return a, acc[0], acc[1], status
+
+
+def _backward_options(spec, alg: ContinuousAdjoint, h_init):
+    over = {}
+    if alg.rtol is not None:
+        over["rtol"] = tf.cast(alg.rtol, spec.options.rtol.dtype)
+    if alg.atol is not None:
+        over["atol"] = tf.cast(alg.atol, spec.options.atol.dtype)
+    # The forward solve's last proposed step is a good first step for the
+    # adjoint (the linearised dynamics share its time scales) and saves the
+    # automatic start's cautious ramp-up; without it, the automatic choice.
+    over["dt"] = None if h_init is None else tf.abs(h_init)
+    return over
+
+
+def backward_solve(spec, alg: ContinuousAdjoint, u0, ts, t0, t1, p, variables, u1, record, g_u, g_cont=None, *,
+                   a_init=None, acc_init=None, h_init=None) -> AdjointResult:
+    """Solve the adjoint of ``alg`` backwards from ``t1`` to ``t0``.
+
+    Args:
+      u0: the state at ``t0`` (shape and dtype reference).
+      ts: ``[T]`` save times; only those in ``(t0, t1]`` enter as jumps.
+      u1: forward state at ``t1``; record: forward dense output or None.
+      g_u: ``[T, *u.shape]`` loss gradient at the save times.
+      g_cont: optional running cost ``g(t, u, p)`` (scalar) of ``int g dt``.
+      a_init, acc_init: adjoint at ``t1`` and ``(dp, dvars)`` accumulated so
+        far (chaining checkpointed segments); default the loss gradient at
+        ``t1`` and zeros.
+      h_init: first step (e.g. the forward solve's last proposed step).
+    """
+    dtype = u0.dtype
+    params = Params(p)
+    direction = tf.where(t1 >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype))
+    prob = AdjointProblem(spec, p, params, list(variables), ts, g_u, g_cont, record, u1, direction)
+    a = prob.g_at(t1) if a_init is None else a_init
+    if acc_init is None:
+        acc_init = ([tf.zeros_like(x) for x in params.float_leaves], [tf.zeros_like(v) for v in variables])
+    y0, include = alg.adjoint_state(prob, a, list(acc_init[0]), list(acc_init[1]))
+    method = alg.alg or spec.method
+    res = spec.integrate(
+        graph_if_eager(lambda t, y: alg.adjoint_rhs(prob, t, y)), y0, t1, t0, method=method,
+        tstops=tf.reverse(ts, [0]), jump=lambda t, y: alg.adjoint_jump(prob, t, y), include_in_norm=include,
+        record=alg.records_backward, **_backward_options(spec, alg, h_init),
+    )
+    du0, dp, dv, extra_nfe = alg.adjoint_result(prob, res, method, t0, t1)
+    stats = dict(res.stats)
+    stats["nfe"] = stats["nfe"] + extra_nfe
+    nan = lambda x: nan_if_failed(res.status, x)  # noqa: E731
+    return AdjointResult(nan(du0), [nan(x) for x in dp], [nan(x) for x in dv], stats, res.status)

@@ -1,0 +1,41 @@
+"""The private TensorFlow APIs sensode depends on, each wrapped once, with why.
+
+TensorFlow has no public way to ask either question below. Each helper
+degrades safely if a TensorFlow release moves the private symbol: it then
+gives the answer that is always correct, only slower.
+"""
+
+from __future__ import annotations
+
+__all__ = ["gradient_may_be_recorded", "in_xla_context"]
+
+
+def gradient_may_be_recorded() -> bool:
+    """Whether a `tf.GradientTape` (or forward accumulator) might record ops now.
+
+    Used by ``sensealg=None`` in eager mode to skip all sensitivity work when
+    nothing can differentiate the solve. No public API reports active tapes.
+    Fallback: True (the solve then keeps its gradient machinery).
+    """
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # pragma: no cover - depends on the TF release
+        return True
+    fn = getattr(record, "could_possibly_record", None)
+    return True if fn is None else bool(fn())
+
+
+def in_xla_context(graph) -> bool:
+    """Whether ops built in ``graph`` now will be compiled by XLA (``jit_compile=True``).
+
+    Used to choose between kernels that XLA compiles and ones it rejects (the
+    LU decomposition with partial pivoting has no XLA kernel on every
+    device). No public API exposes the compilation context. Fallback: True
+    (the XLA-compatible path, which also runs outside XLA).
+    """
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover
+        return True
+    fn = getattr(control_flow_util, "GraphOrParentsInXlaContext", None)
+    return True if fn is None else bool(fn(graph))
