@@ -20,7 +20,13 @@ def _check_callable(f, name: str, signature: str):
 
 
 def check_u0(u0):
-    """Convert `u0` to a floating tensor, raising with the argument's name."""
+    """Convert `u0` to a float32 / float64 tensor with at least one element.
+
+    Raises:
+      TypeError: ``u0`` is not a tensor-like, not floating, or float16 /
+        bfloat16.
+      ValueError: ``u0`` is empty.
+    """
     if isinstance(u0, tf.Variable):
         u0 = tf.convert_to_tensor(u0)
     try:
@@ -32,6 +38,16 @@ def check_u0(u0):
             f"`u0` must have a floating dtype (float32 or float64), got {t.dtype.name}; "
             "write e.g. `tf.constant([1.0, 2.0])`"
         )
+    if t.dtype not in (tf.float32, tf.float64):
+        # Error norms, step-size control and tolerances need more than the
+        # 3 (bfloat16) or 4 (float16) digits these carry: a solve would reject
+        # every step, or fail inside NumPy, so refuse them here.
+        raise TypeError(
+            f"`u0` has dtype {t.dtype.name}: float16/bfloat16 are not supported; use float32 or float64 "
+            "(e.g. `tf.cast(u0, tf.float32)`)"
+        )
+    if t.shape.num_elements() == 0:
+        raise ValueError(f"`u0` is empty (shape {t.shape}): the state needs at least one element")
     return t
 
 

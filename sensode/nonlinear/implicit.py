@@ -53,6 +53,37 @@ def _default_tol(dtype) -> float:
     return float(np.finfo(dtype.as_numpy_dtype).eps) ** (2.0 / 3.0)
 
 
+def _graph_if_eager(fn):
+    """``fn`` as one graph function when executing eagerly, else ``fn``.
+
+    The methods and the Krylov solvers are `tf.while_loop`s: eagerly each
+    iteration dispatches its ops one by one from Python, so a solve that
+    hits ``max_iters`` (100 Newton steps, each up to 500 GMRES products)
+    took minutes. Traced once per solve, the eager cost is the compiled
+    cost plus the tracing.
+    """
+    if not tf.executing_eagerly():
+        return fn
+    try:
+        from tensorflow.python.eager import record  # private: no public "pause every tape"
+    except ImportError:  # pragma: no cover - depends on the TF release; eager loops still work
+        return fn
+    graph_fn = tf.function(fn, autograph=False)
+
+    def call(*args):
+        # Trace first: the tapes fn opens itself (Jacobians) must record.
+        graph_fn.get_concrete_function(*args)
+        # Then run with the caller's tapes paused: one that watches a variable
+        # read by f would make TF build the gradient of the whole traced loop
+        # (there is none for Lu, and none is needed: the implicit adjoint
+        # replaces it). Variable reads still reach tf.custom_gradient's
+        # watcher, which hands them to `grad`.
+        with record.stop_recording():
+            return graph_fn(*args)
+
+    return call
+
+
 def _is_float_leaf(x) -> bool:
     return (tf.is_tensor(x) or isinstance(x, (tf.Variable, np.ndarray))) and tf.as_dtype(x.dtype).is_floating
 
@@ -180,14 +211,14 @@ def solve_nonlinear(
         # Values only: stop_gradient keeps the caller's tape from recording
         # the iterations (see the module docstring for variables read by f).
         flat_const = [tf.stop_gradient(x) for x in flat_diff]
-        res = alg.run(
-            lambda u: residual(u, flat_const),
-            tf.stop_gradient(u0_c),
-            abstol=abstol,
-            reltol=reltol,
-            max_iters=max_iters,
-            rhs=rhs_for(flat_const),
-        )
+
+        def run(u_start, theta):
+            return alg.run(
+                lambda u: residual(u, theta), u_start, abstol=abstol, reltol=reltol, max_iters=max_iters,
+                rhs=rhs_for(theta),
+            )
+
+        res = _graph_if_eager(run)(tf.stop_gradient(u0_c), flat_const)
         forward["res"] = res
         u_star = tf.stop_gradient(res.u)
 
@@ -199,9 +230,9 @@ def solve_nonlinear(
                 return residual(u, th[: len(flat_const)])
 
             if isinstance(sensealg, DiscreteAdjoint):
-                grads, ok = _adjoint_vjp(fn_theta, u_star, thetas, du, adj_linsolve)
+                grads, ok = _graph_if_eager(_adjoint_vjp)(fn_theta, u_star, thetas, du, adj_linsolve)
             else:
-                sens, ok = _forward_sensitivities(fn_theta, u_star, thetas, adj_linsolve)
+                sens, ok = _graph_if_eager(_forward_sensitivities)(fn_theta, u_star, thetas, adj_linsolve)
                 grads = [tf.reshape(tf.einsum("bn,bnp->p", du, s), th.shape) for s, th in zip(sens, thetas)]
             grads = _guard_backward(grads, ok, tf.equal(res.status, 0), throw)
             input_grads = [tf.zeros_like(u0_c)] + grads[: len(flat_const)]
@@ -219,7 +250,7 @@ def solve_nonlinear(
     du_dp = None
     if isinstance(sensealg, ForwardSensitivity) and diff_leaves:
         flat_const = [tf.stop_gradient(x) for x in diff_leaves]
-        sens, _ = _forward_sensitivities(residual, tf.stop_gradient(res.u), flat_const, adj_linsolve)
+        sens, _ = _graph_if_eager(_forward_sensitivities)(residual, tf.stop_gradient(res.u), flat_const, adj_linsolve)
         out = [None] * len(leaves)
         for i, s, x in zip(diff_idx, sens, flat_const):
             out[i] = tf.reshape(s, dims + x.shape.as_list())

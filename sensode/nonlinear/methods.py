@@ -6,12 +6,18 @@ Every method works on the *canonical* form the entry point
 independent systems of ``n`` unknowns). Norms, convergence and line searches
 are per system; a system that has converged is frozen while the others go on.
 
-Convergence, for every method: system ``b`` has converged when
+Convergence, for every method, is judged on the residual: system ``b`` has
+converged when
 
-    max_i |f(u)_bi| <= abstol + reltol * max_i |u_bi|
+    max_i |f(u)_bi| <= abstol + reltol * min(max_i |u_bi|, s_b),
+    s_b = max(max_i |u0_bi|, max_i |f(u0)_bi|)
 
 (for `DynamicSS`, ``f`` is the right-hand side ``du/dt``; SciML's steady-state
-test). The loops are `tf.while_loop`s with a static ``max_iters`` and a typed
+test). The relative term lets the residual's rounding floor grow with the
+size of the root, but never beyond the problem's initial scale ``s_b``: an
+iterate that runs away (``|u| ~ 1e14`` on a singular, inconsistent system)
+cannot make a large residual pass. A system that has not converged when a
+loop stops has ``u`` NaN (its ``resid_norm`` stays the last residual). The loops are `tf.while_loop`s with a static ``max_iters`` and a typed
 state; nothing branches in Python on a tensor value, so they run eagerly, in
 `tf.function` and under XLA. Failures are reported in ``status``
 (`sensode.Status`): ``MAX_ITERS``, ``SINGULAR``, ``NONFINITE`` (and, for
@@ -62,8 +68,17 @@ def _row_finite(x):
     return tf.reduce_all(tf.math.is_finite(x), axis=-1)
 
 
-def _converged(fu, u, abstol, reltol):
-    return _row_max(fu) <= abstol + reltol * _row_max(u)
+def _scale0(u0, fu0):
+    """``[B]`` initial scale of each system: ``max(max|u0|, max|f(u0)|)``."""
+    return tf.maximum(_row_max(u0), _row_max(fu0))
+
+
+def _converged(fu, u, abstol, reltol, scale0):
+    # The reltol term follows |u| (rounding in f grows with the size of the
+    # root) but only up to the problem's initial scale: an iterate that runs
+    # away (singular or inconsistent systems, u ~ 1e14) must not loosen the
+    # test until any residual passes.
+    return _row_max(fu) <= abstol + reltol * tf.minimum(_row_max(u), scale0)
 
 
 def _first_failure(status, failed, code):
@@ -73,6 +88,10 @@ def _first_failure(status, failed, code):
 
 def _finish(u, fu, done, iters, status) -> NonlinearResult:
     status = _first_failure(status, ~tf.reduce_all(done), Status.MAX_ITERS)
+    # A system that did not converge has no root to report: NaN, never the
+    # last iterate (which would look like an answer). resid_norm keeps the
+    # last residual as the diagnostic.
+    u = tf.where(done[:, None], u, tf.constant(np.nan, u.dtype))
     return NonlinearResult(u=u, resid_norm=_row_max(fu), iterations=iters, status=status)
 
 
@@ -149,11 +168,12 @@ class NewtonRaphson(NonlinearAlgorithm):
     def run(self, fn, u0, *, abstol, reltol, max_iters: int, rhs=None) -> NonlinearResult:
         linsolve = self._linsolve()
         fu0 = fn(u0)
+        scale0 = _scale0(u0, fu0)
         status0 = tf.where(tf.reduce_all(_row_finite(fu0)), Status.SUCCESS, Status.NONFINITE)
         state = _NewtonState(
             u=u0,
             fu=fu0,
-            done=_converged(fu0, u0, abstol, reltol),
+            done=_converged(fu0, u0, abstol, reltol, scale0),
             iters=tf.constant(0, tf.int32),
             status=tf.cast(status0, tf.int32),
         )
@@ -194,15 +214,19 @@ class NewtonRaphson(NonlinearAlgorithm):
                     ut, ft, ok2 = trial(alpha)
                     return alpha, ut, ft, ok | ok2
 
-                _, ut, ft, _ = tf.while_loop(
+                _, ut, ft, ok = tf.while_loop(
                     ls_cond, ls_body, (one, ut, ft, ok), maximum_iterations=self.max_backtracks
                 )
             move = (active & lin_ok)[:, None]
             u = tf.where(move, ut, s.u)
             fu = tf.where(move, ft, s.fu)
-            status = _first_failure(s.status, tf.reduce_any(active & ~lin_ok), Status.SINGULAR)
+            # An iterative linsolve that failed and whose step does not even
+            # decrease |f| leaves Newton where it is (J v = 0 at u: J singular):
+            # every further iteration would repeat it, so stop now.
+            stuck = active & lin_ok & ~lin.converged & ~ok
+            status = _first_failure(s.status, tf.reduce_any(active & ~lin_ok | stuck), Status.SINGULAR)
             status = _first_failure(status, ~tf.reduce_all(_row_finite(fu)), Status.NONFINITE)
-            done = s.done | _converged(fu, u, abstol, reltol)
+            done = s.done | _converged(fu, u, abstol, reltol, scale0)
             return (_NewtonState(u=u, fu=fu, done=done, iters=s.iters + 1, status=status),)
 
         s = tf.while_loop(cond, body, (state,), maximum_iterations=max_iters)[0]
@@ -298,6 +322,7 @@ class AndersonAcceleration(NonlinearAlgorithm):
         m = self.memory
         dtype = u0.dtype
         fu0 = fn(u0)
+        scale0 = _scale0(u0, fu0)
         nb = u0.shape[0] if u0.shape[0] is not None else tf.shape(u0)[0]
         n = u0.shape[-1]
         status0 = tf.where(tf.reduce_all(_row_finite(fu0)), Status.SUCCESS, Status.NONFINITE)
@@ -308,7 +333,7 @@ class AndersonAcceleration(NonlinearAlgorithm):
             d_g=tf.zeros([nb, m, n], dtype),
             f_prev=tf.zeros_like(u0),
             g_prev=tf.zeros_like(u0),
-            done=_converged(fu0, u0, abstol, reltol),
+            done=_converged(fu0, u0, abstol, reltol, scale0),
             iters=tf.constant(0, tf.int32),
             status=tf.cast(status0, tf.int32),
         )
@@ -337,7 +362,7 @@ class AndersonAcceleration(NonlinearAlgorithm):
             u = tf.where(active, u_next, s.u)
             fu = tf.where(active, fn(u), s.fu)
             status = _first_failure(s.status, ~tf.reduce_all(_row_finite(fu)), Status.NONFINITE)
-            done = s.done | _converged(fu, u, abstol, reltol)
+            done = s.done | _converged(fu, u, abstol, reltol, scale0)
             return (
                 _AndersonState(
                     u=u, fu=fu, d_f=d_f, d_g=d_g, f_prev=big_f, g_prev=big_g, done=done, iters=s.iters + 1, status=status
@@ -368,7 +393,13 @@ class DynamicSS(NonlinearAlgorithm):
 
     Args:
       alg: explicit ODE method, default `Tsit5()`.
-      rtol, atol: tolerances of the time integration.
+      rtol, atol: tolerances of the time integration. Default (None): a
+        tenth of the solve's ``reltol`` / ``abstol``. An explicit method
+        settles near a steady state at a residual of about
+        ``0.1 (atol + rtol |u|)`` (its steps grow to the stability limit,
+        where the error no longer decays), so integration tolerances looser
+        than the steady-state test can never pass it (status ``MAX_STEPS``
+        or ``MAX_ITERS``); set both together.
       t_first: length of the first window.
       max_steps: static bound on the steps of each window.
 
@@ -376,8 +407,8 @@ class DynamicSS(NonlinearAlgorithm):
     """
 
     alg: ExplicitRK = dataclasses.field(default_factory=Tsit5)
-    rtol: float = 1e-6
-    atol: float = 1e-8
+    rtol: float | None = None
+    atol: float | None = None
     t_first: float = 1.0
     max_steps: int = 10000
 
@@ -386,8 +417,9 @@ class DynamicSS(NonlinearAlgorithm):
     def __post_init__(self):
         if not isinstance(self.alg, ExplicitRK) or not self.alg.adaptive:
             raise TypeError(f"`alg` must be an adaptive ODE method such as sensode.Tsit5(), got {self.alg!r}")
-        _check_positive(self.rtol, "rtol")
-        _check_positive(self.atol, "atol")
+        for name in ("rtol", "atol"):
+            if getattr(self, name) is not None:
+                _check_positive(getattr(self, name), name)
         _check_positive(self.t_first, "t_first")
         _check_int(self.max_steps, "max_steps", 1)
 
@@ -396,12 +428,18 @@ class DynamicSS(NonlinearAlgorithm):
             raise TypeError("DynamicSS needs an ODE right-hand side: use it with a SteadyStateProblem")
         dtype = u0.dtype
         fu0 = fn(u0)
+        scale0 = _scale0(u0, fu0)
         status0 = tf.where(tf.reduce_all(_row_finite(fu0)), Status.SUCCESS, Status.NONFINITE)
         state = _NewtonState(
-            u=u0, fu=fu0, done=_converged(fu0, u0, abstol, reltol), iters=tf.constant(0, tf.int32),
+            u=u0, fu=fu0, done=_converged(fu0, u0, abstol, reltol, scale0), iters=tf.constant(0, tf.int32),
             status=tf.cast(status0, tf.int32),
         )
         t_first = tf.constant(self.t_first, dtype)
+        options = SolveOptions(
+            rtol=0.1 * reltol if self.rtol is None else tf.constant(self.rtol, dtype),
+            atol=0.1 * abstol if self.atol is None else tf.constant(self.atol, dtype),
+            max_steps=self.max_steps,
+        )
 
         def cond(s):
             return tf.equal(s.status, Status.SUCCESS) & ~tf.reduce_all(s.done)
@@ -411,13 +449,13 @@ class DynamicSS(NonlinearAlgorithm):
             start = t_first * (tf.pow(tf.constant(2.0, dtype), tf.cast(s.iters, dtype)) - 1.0)
             end = 2.0 * start + t_first
             res = integrate(
-                rhs, s.u, start, end, self.alg, SolveOptions(rtol=self.rtol, atol=self.atol, max_steps=self.max_steps),
+                rhs, s.u, start, end, self.alg, options,
             )
             u = res.y1
             fu = fn(u)
             status = tf.cast(res.status, tf.int32)  # the loop runs only while SUCCESS
             status = _first_failure(status, ~tf.reduce_all(_row_finite(fu)), Status.NONFINITE)
-            done = _converged(fu, u, abstol, reltol)
+            done = _converged(fu, u, abstol, reltol, scale0)
             return (_NewtonState(u=u, fu=fu, done=done, iters=s.iters + 1, status=status),)
 
         s = tf.while_loop(cond, body, (state,), maximum_iterations=max_iters)[0]
