@@ -1,0 +1,335 @@
+"""Ensemble solves: B trajectories, each with its own u0 / p, step size and status.
+
+``stepping="per_sample"`` runs one `sensode.solve` per sample, vectorised with
+`tf.vectorized_map` (pfor). pfor turns the solver's `tf.while_loop` into one
+batched loop in which every sample keeps its own loop state (time, step size,
+step count, status) and drops out when it is done, so a hard sample neither
+shrinks the steps of the others nor fails them. Under XLA pfor cannot run
+(its converted loop compacts the active samples into tensors of changing size
+and writes them to TensorLists, which XLA does not compile), so inside
+``tf.function(jit_compile=True)`` the samples run one after another with
+`tf.map_fn`, each still its own compiled loop (``vectorize="map"`` chooses
+that anywhere).
+
+``stepping="shared"`` is the batched solve the core offers: one problem with
+state ``[B, *u0.shape]`` whose right-hand side maps ``f`` over the samples;
+every sample then takes the steps the batch's error norm allows.
+
+Gradients: the per-sample path has its own `tf.custom_gradient`. The backward
+pass runs, per sample and vectorised the same way, the forward solve again
+under a tape with the chosen ``sensealg`` and takes its vector-Jacobian
+product: pfor cannot differentiate its own converted loop, but it can
+vectorise a gradient that was built sample by sample. `DiscreteAdjoint`
+differentiates the loop itself, whose gradient pfor cannot vectorise; its
+backward pass therefore always runs sample by sample (`tf.map_fn`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+import sensode as sd
+
+__all__ = ["EnsembleSolution", "solve_ensemble"]
+
+_STAT_KEYS = ("nfe", "steps", "accepted", "rejected")
+_STEPPING = ("per_sample", "shared")
+_VECTORIZE = ("auto", "pfor", "map")
+
+
+def _in_xla_context() -> bool:
+    """True while tracing inside ``tf.function(jit_compile=True)``."""
+    try:
+        from tensorflow.python.framework import ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TF internals moved: assume no XLA
+        return False
+    if tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleSolution:
+    """The result of `solve_ensemble`.
+
+    Attributes:
+      t: ``[T]`` save times (shared by all samples).
+      u: ``[B, T, *u0.shape]`` states; rows of failed samples are NaN.
+      stats: dict of ``[B]`` ``int32`` tensors (``nfe``, ``steps``,
+        ``accepted``, ``rejected``), per sample. With ``stepping="shared"``
+        every sample carries the batch's counts.
+      status: ``[B]`` ``int32`` status per sample (`sensode.Status`).
+    """
+
+    t: tf.Tensor
+    u: tf.Tensor
+    stats: dict
+    status: tf.Tensor
+
+    def __tf_flatten__(self):
+        return (), (self.t, self.u, self.stats, self.status)
+
+    @classmethod
+    def __tf_unflatten__(cls, metadata, components):
+        t, u, stats, status = components
+        return cls(t=t, u=u, stats=stats, status=status)
+
+    @property
+    def success(self):
+        """``[B]`` boolean tensor: ``status == 0``."""
+        return tf.equal(self.status, 0)
+
+    def summary(self) -> str:
+        """A short description (eager mode)."""
+        status = np.asarray(self.status)
+        steps = np.asarray(self.stats["steps"])
+        return (
+            f"EnsembleSolution: {status.size} samples, u shape {tuple(self.u.shape)}, "
+            f"{int(np.sum(status != 0))} failed; steps per sample min {steps.min()}, "
+            f"median {int(np.median(steps))}, max {steps.max()}"
+        )
+
+
+def _batch_inputs(prob, u0, p):
+    """``(u0 [B, ...], p nest of [B, ...] leaves, B)`` with the non-given one broadcast."""
+    if not isinstance(prob, sd.ODEProblem):
+        raise TypeError(f"`prob` must be a sensode.ODEProblem, got {type(prob).__name__}")
+    if u0 is None and p is None:
+        raise ValueError("give `u0` ([B, *prob.u0.shape]) or `p` (prob.p's structure, leaves with a leading B axis)")
+    dtype = prob.u0.dtype
+    sizes = []
+    if u0 is not None:
+        u0 = tf.convert_to_tensor(u0, dtype)
+        if u0.shape.rank != prob.u0.shape.rank + 1 or not u0.shape[1:].is_compatible_with(prob.u0.shape):
+            raise ValueError(f"`u0` must have shape [B, *prob.u0.shape] = [B, *{prob.u0.shape.as_list()}], got {u0.shape}")
+        sizes.append(u0.shape[0])
+    if p is not None:
+        if prob.p is None:
+            raise ValueError("`p` given but prob.p is None: the problem has no parameters")
+        try:
+            tf.nest.assert_same_structure(prob.p, p)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"`p` must have the structure of prob.p: {err}") from None
+        leaves = []
+        for ref, leaf in zip(tf.nest.flatten(prob.p), tf.nest.flatten(p)):
+            ref = tf.convert_to_tensor(ref)
+            leaf = tf.convert_to_tensor(leaf, ref.dtype)
+            if leaf.shape.rank != ref.shape.rank + 1 or not leaf.shape[1:].is_compatible_with(ref.shape):
+                raise ValueError(f"each leaf of `p` must be [B, *leaf.shape]; expected [B, *{ref.shape.as_list()}], got {leaf.shape}")
+            sizes.append(leaf.shape[0])
+            leaves.append(leaf)
+        p = tf.nest.pack_sequence_as(prob.p, leaves)
+    known = {s for s in sizes if s is not None}
+    if len(known) > 1:
+        raise ValueError(f"`u0` and the leaves of `p` must share the batch size B, got {sorted(known)}")
+    # Static B when known; otherwise from the first given input.
+    first = u0 if u0 is not None else tf.nest.flatten(p)[0]
+    batch = known.pop() if known else tf.shape(first)[0]
+    if u0 is None:
+        u0 = tf.broadcast_to(prob.u0, tf.concat([[batch], tf.shape(prob.u0)], 0))
+    if p is None:
+        p = tf.nest.map_structure(
+            lambda x: tf.broadcast_to(x, tf.concat([[batch], tf.shape(x)], 0)), tf.nest.map_structure(tf.convert_to_tensor, prob.p)
+        )
+    return u0, p
+
+
+def _nan_where_failed(x, status):
+    failed = tf.reshape(tf.not_equal(status, 0), [-1] + [1] * (x.shape.rank - 1))
+    return tf.where(failed, tf.constant(np.nan, x.dtype), x)
+
+
+def _solve_one(prob, u0, p, opts, sensealg):
+    sub = sd.ODEProblem(prob.f, u0, prob.tspan, p)
+    return sd.solve(sub, opts["alg"], sensealg=sensealg, throw=False, **opts["solve"])
+
+
+def _vmap(fn, elems, out_sig, vectorize):
+    if vectorize == "pfor":
+        return tf.vectorized_map(fn, elems, fallback_to_while_loop=False)
+    return tf.map_fn(fn, elems, fn_output_signature=out_sig)
+
+
+def _per_sample(prob, u0b, pb, opts, sensealg, vectorize):
+    """Vectorised per-sample solves with a per-sample custom gradient."""
+    dtype = u0b.dtype
+    structure = pb
+    p_leaves = tf.nest.flatten(pb)
+    if not all(leaf.dtype.is_floating for leaf in p_leaves):
+        raise TypeError("`p` of an ensemble must have floating leaves only")
+    int_sig = tf.TensorSpec([], tf.int32)
+    fwd_sig = (tf.TensorSpec(None, dtype), int_sig, (int_sig,) * 4)
+    # Without a tape around it the plain loop is the cheapest forward pass.
+    plain = sd.DiscreteAdjoint()
+
+    def forward_one(args):
+        u0, leaves = args
+        sol = _solve_one(prob, u0, tf.nest.pack_sequence_as(structure, leaves), opts, plain)
+        return sol.u, sol.status, tuple(sol.stats[k] for k in _STAT_KEYS)
+
+    @tf.custom_gradient
+    def run(u0b_, *leaves_b):
+        u, status, stats = _vmap(forward_one, (u0b_, list(leaves_b)), fwd_sig, vectorize)
+        u = _nan_where_failed(u, status)
+
+        def grad(g_u, *unused, variables=None):
+            variables = list(variables or [])
+            # pfor cannot vectorise the gradient of a while loop (DiscreteAdjoint).
+            bwd_vectorize = "map" if isinstance(sensealg, sd.DiscreteAdjoint) else vectorize
+
+            def vjp_one(args):
+                u0, leaves, g = args
+                sources = [u0] + list(leaves)
+                with tf.GradientTape() as tape:
+                    tape.watch(sources)
+                    sol = _solve_one(prob, u0, tf.nest.pack_sequence_as(structure, sources[1:]), opts, sensealg)
+                grads = tape.gradient(sol.u, sources + variables, output_gradients=g)
+                return tuple(tf.zeros_like(x) if gr is None else tf.convert_to_tensor(gr) for gr, x in zip(grads, sources + variables))
+
+            sig = tuple(tf.TensorSpec(None, x.dtype) for x in [u0b_] + list(leaves_b) + variables)
+            # A failed sample's NaN rows must not poison the others' cotangents.
+            g_u = tf.where(tf.math.is_finite(g_u), g_u, tf.zeros_like(g_u))
+            out = [_nan_where_failed(x, status) for x in _vmap(vjp_one, (u0b_, list(leaves_b), g_u), sig, bwd_vectorize)]
+            n_in = 1 + len(leaves_b)
+            if variables:
+                return list(out[:n_in]), [tf.reduce_sum(x, axis=0) for x in out[n_in:]]
+            return list(out[:n_in])
+
+        return (u, status) + tuple(stats), grad
+
+    outs = run(u0b, *p_leaves)
+    return outs[0], outs[1], dict(zip(_STAT_KEYS, outs[2:]))
+
+
+def _shared(prob, u0b, pb, opts, sensealg):
+    """One batched solve: every sample takes the batch's steps."""
+    f = prob.f
+
+    def f_batched(t, u, p):
+        return tf.vectorized_map(lambda a: f(t, a[0], a[1]), (u, p))
+
+    sol = sd.solve(sd.ODEProblem(f_batched, u0b, prob.tspan, pb), opts["alg"], sensealg=sensealg, throw=False, **opts["solve"])
+    batch = tf.shape(u0b)[0]
+    u = tf.transpose(sol.u, [1, 0] + list(range(2, sol.u.shape.rank)))  # [T, B, ...] -> [B, T, ...]
+    status = tf.fill([batch], sol.status)
+    stats = {k: tf.fill([batch], v) for k, v in sol.stats.items()}
+    return _nan_where_failed(u, status), status, stats
+
+
+def _ensemble_graph(prob, u0b, pb, saveat, opts, sensealg, stepping, vectorize):
+    if stepping == "shared":
+        return _shared(prob, u0b, pb, opts, sensealg)
+    if vectorize == "auto":
+        vectorize = "map" if _in_xla_context() else "pfor"
+    elif vectorize == "pfor" and _in_xla_context():
+        raise ValueError(
+            "vectorize='pfor' cannot run under XLA (pfor's converted while loop is not XLA-compilable); "
+            "use vectorize='auto' or 'map' inside tf.function(jit_compile=True)"
+        )
+    if sensealg is None:
+        single = sd.ODEProblem(prob.f, u0b[0], prob.tspan, tf.nest.map_structure(lambda x: x[0], pb))
+        sensealg = sd.default_sensealg(single)[0]
+    return _per_sample(prob, u0b, pb, opts, sensealg, vectorize)
+
+
+_EAGER_CACHE: dict = {}
+
+
+def solve_ensemble(
+    prob,
+    u0=None,
+    p=None,
+    *,
+    alg=None,
+    saveat=None,
+    dt=None,
+    rtol=1e-3,
+    atol=1e-6,
+    max_steps: int = 10000,
+    dtmin=None,
+    dtmax=None,
+    sensealg=None,
+    stepping: str = "per_sample",
+    vectorize: str = "auto",
+    throw: bool = True,
+) -> EnsembleSolution:
+    """Solve ``B`` copies of ``prob`` with their own ``u0`` and / or ``p``.
+
+    Args:
+      prob: the `sensode.ODEProblem` (its ``f`` and ``tspan``; its ``u0`` / ``p``
+        are broadcast to the samples when not given).
+      u0: ``[B, *prob.u0.shape]`` initial states, or None.
+      p: a nest like ``prob.p`` whose leaves have a leading ``B`` axis, or None.
+      alg, saveat, dt, rtol, atol, max_steps, dtmin, dtmax: as in
+        `sensode.solve` (shared by all samples; ``saveat`` ``[T]``).
+      sensealg: how `tf.GradientTape` differentiates the ensemble with respect
+        to ``u0`` and ``p``; None: `sensode.default_sensealg` of one sample.
+        Save times and ``tspan`` are not differentiated here.
+      stepping: ``"per_sample"`` (each sample its own step size, step count
+        and status) or ``"shared"`` (one batched solve: one step size for all,
+        the batch's status for every sample).
+      vectorize: per-sample only: ``"pfor"`` (`tf.vectorized_map`, one batched
+        loop; not under XLA), ``"map"`` (`tf.map_fn`, samples one after
+        another, works everywhere), ``"auto"`` (``"map"`` under XLA, else
+        ``"pfor"``).
+      throw: in eager mode raise `sensode.SolverError` if any sample failed.
+
+    Returns:
+      `EnsembleSolution` with ``u`` ``[B, T, *u0.shape]``, per-sample ``stats``
+      and ``status``; failed samples have NaN rows (and NaN gradients).
+
+    Raises:
+      TypeError / ValueError: bad input, naming the argument.
+      SolverError: eager mode, ``throw=True`` and some sample failed.
+
+    Eagerly the ensemble runs inside a cached `tf.function` (pfor needs a
+    graph); a new problem function or new options trace it again.
+    """
+    if stepping not in _STEPPING:
+        raise ValueError(f"`stepping` must be one of {list(_STEPPING)}, got {stepping!r}")
+    if vectorize not in _VECTORIZE:
+        raise ValueError(f"`vectorize` must be one of {list(_VECTORIZE)}, got {vectorize!r}")
+    if sensealg is not None and not isinstance(
+        sensealg, (sd.ForwardSensitivity, sd.DiscreteAdjoint, sd.BacksolveAdjoint, sd.InterpolatingAdjoint, sd.QuadratureAdjoint)
+    ):
+        raise TypeError(f"`sensealg` must be a sensode ODE sensitivity algorithm, got {sensealg!r}")
+    u0b, pb = _batch_inputs(prob, u0, p)
+    dtype = u0b.dtype
+    t0 = tf.cast(prob.tspan[0], dtype)
+    t1 = tf.cast(prob.tspan[1], dtype)
+    ts = tf.stack([t0, t1]) if saveat is None else tf.cast(saveat, dtype)
+    solve_opts = dict(dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax)
+    opts = {"alg": alg, "solve": solve_opts}
+
+    def body(u0b, pb, t0, t1, ts):
+        sub = sd.ODEProblem(prob.f, prob.u0, (tf.stop_gradient(t0), tf.stop_gradient(t1)), prob.p)
+        o = {"alg": alg, "solve": dict(solve_opts, saveat=tf.stop_gradient(ts))}
+        u, status, stats = _ensemble_graph(sub, u0b, pb, ts, o, sensealg, stepping, vectorize)
+        return EnsembleSolution(t=ts, u=u, stats=stats, status=status)
+
+    if tf.executing_eagerly():
+        key = (prob.f, repr(alg), repr(sensealg), stepping, vectorize, repr(sorted((k, repr(v)) for k, v in solve_opts.items())))
+        fn = _EAGER_CACHE.get(key)
+        if fn is None:
+            if len(_EAGER_CACHE) > 32:
+                _EAGER_CACHE.clear()
+            fn = _EAGER_CACHE[key] = tf.function(body, autograph=False)
+        sol = fn(u0b, pb, t0, t1, ts)
+        if throw:
+            status = sol.status.numpy()
+            bad = np.flatnonzero(status)
+            if bad.size:
+                first = int(bad[0])
+                raise sd.SolverError(
+                    f"solve_ensemble: {bad.size} of {status.size} samples failed; sample {first}: "
+                    f"{sd.Status(int(status[first])).name} "
+                    f"(status {int(status[first])}). Pass throw=False to keep the others (failed rows are NaN).",
+                    int(status[first]),
+                )
+        return sol
+    return body(u0b, pb, t0, t1, ts)
