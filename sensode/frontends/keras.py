@@ -10,6 +10,14 @@ Both layers serialise (``get_config`` / ``from_config``, registered under the
 package name ``"sensode"``), run under ``model.compile(jit_compile=True)``,
 export with ``model.export`` and train under `tf.distribute.MirroredStrategy`.
 
+Failures are never silent: a solve that fails (``max_steps`` reached, no
+fixed point within ``max_iters``, non-finite values) raises
+`sensode.SolverError` in eager mode, and inside graphs (``model.fit``,
+`tf.function`, XLA) makes the layer's output and every gradient through it
+NaN, with the status code in the layer's ``last_status`` weight
+(``on_failure="nan"``: NaN in eager mode too). A NaN training loss therefore
+means a failed solve; ``keras.callbacks.TerminateOnNaN()`` stops there.
+
 Static shapes: the dense-output buffers of `InterpolatingAdjoint` /
 `QuadratureAdjoint`, the tangent batch of `ForwardSensitivity` and the
 nonlinear solves (`DEQ`) need the batch size to be known when the graph is
@@ -27,40 +35,44 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import sensitivity as _sensealg
-from ..nonlinear import linsolve as _linsolve
-from ..nonlinear import methods as _nonlinear
-from ..ode import methods as _solvers
-from ..problems import NonlinearProblem, ODEProblem
-from ..api import solve
+# Only the package's public names: the core's modules are being reorganised,
+# the top-level API is what this front-end promises to follow.
+from .. import (
+    AndersonAcceleration,
+    BacksolveAdjoint,
+    DiscreteAdjoint,
+    ExplicitRK,
+    ForwardSensitivity,
+    InterpolatingAdjoint,
+    NewtonRaphson,
+    NonlinearProblem,
+    ODEProblem,
+    QuadratureAdjoint,
+    SolverError,
+    Status,
+    Tsit5,
+    linsolve,
+    solve,
+)
 
 __all__ = ["NeuralODE", "DEQ"]
 
-_ODE_SENSEALGS = (
-    _sensealg.ForwardSensitivity,
-    _sensealg.DiscreteAdjoint,
-    _sensealg.BacksolveAdjoint,
-    _sensealg.InterpolatingAdjoint,
-    _sensealg.QuadratureAdjoint,
-)
+_ODE_SENSEALGS = (ForwardSensitivity, DiscreteAdjoint, BacksolveAdjoint, InterpolatingAdjoint, QuadratureAdjoint)
 # These keep buffers or tangent batches sized by the state, so the batch size
 # must be static when the training graph is traced.
-_STATIC_BATCH_SENSEALGS = (
-    _sensealg.ForwardSensitivity,
-    _sensealg.InterpolatingAdjoint,
-    _sensealg.QuadratureAdjoint,
-)
+_STATIC_BATCH_SENSEALGS = (ForwardSensitivity, InterpolatingAdjoint, QuadratureAdjoint)
 
 
 # --- configs of sensode strategy objects -------------------------------------
 
 def _known_classes() -> dict:
-    modules = (_solvers, _sensealg, _nonlinear, _linsolve)
+    """Public sensode classes (methods, sensealgs, linear solvers) by name."""
+    import sensode  # the package itself: its public namespace, read without triggering lazy imports
+
     out = {}
-    for mod in modules:
-        for name in getattr(mod, "__all__", dir(mod)):
-            obj = getattr(mod, name, None)
-            if isinstance(obj, type):
+    for namespace in (vars(sensode), vars(linsolve)):
+        for obj in namespace.values():
+            if isinstance(obj, type) and obj.__module__.startswith("sensode."):
                 out[obj.__name__] = obj
     return out
 
@@ -75,7 +87,7 @@ def _encode(obj):
     if dataclasses.is_dataclass(obj):
         fields = {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
         return {"class_name": cls.__name__, "config": fields}
-    if isinstance(obj, _solvers.ExplicitRK) and cls is not _solvers.ExplicitRK:
+    if isinstance(obj, ExplicitRK) and cls is not ExplicitRK:
         return {"class_name": cls.__name__, "config": {}}  # the tableau is the class's own
     raise TypeError(f"cannot serialise {obj!r}: use a named method such as sensode.Tsit5()")
 
@@ -105,6 +117,45 @@ def _state_variable(layer, name):
     return layer.add_weight(
         name=name, shape=(), dtype="int32", initializer="zeros", trainable=False, aggregation="only_first_replica"
     )
+
+
+_ON_FAILURE = ("raise", "nan")
+
+
+def _check_on_failure(value):
+    if not isinstance(value, str) or value not in _ON_FAILURE:
+        raise ValueError(f"`on_failure` must be 'raise' or 'nan', got {value!r}")
+    return value
+
+
+def _expose_failure(layer, inputs, out, status, what, hint):
+    """Record ``status`` in ``layer.last_status``; raise or turn ``out`` to NaN if it is non-zero.
+
+    Eager with ``on_failure="raise"``: `SolverError`. Otherwise (inside
+    `tf.function`, ``model.fit``, XLA, where nothing can raise, or with
+    ``on_failure="nan"``): the output and every gradient through it are NaN.
+    """
+    status = tf.cast(status, tf.int32)
+    layer.last_status.assign(status)
+    failed = tf.not_equal(status, Status.SUCCESS)
+    if layer.on_failure == "raise" and tf.executing_eagerly() and bool(failed):
+        code = int(status)
+        name = Status(code).name if code in set(Status) else "UNKNOWN"
+        raise SolverError(
+            f"{type(layer).__name__} layer {layer.name!r}: {what} failed with status {code} ({name}); {hint}. "
+            "Inside tf.function / model.fit the output is NaN and `last_status` holds the code; "
+            "on_failure='nan' gives that in eager mode too",
+            code,
+        )
+    # NaN is added, not selected: `tf.where(failed, nan, out)` would pass a
+    # zero gradient back. The term `poison * sum(inputs and weights)` makes the
+    # gradient to the inputs and every weight NaN as well, whatever the solve's
+    # own backward pass returns for a failed solve and whatever cotangent the
+    # layers after this one send back (a ReLU sends zeros at NaN). On success
+    # poison is 0 and the output is unchanged, bit for bit.
+    poison = tf.where(failed, tf.constant(np.nan, out.dtype), tf.zeros([], out.dtype))
+    link = tf.add_n([tf.reduce_sum(tf.cast(v, out.dtype)) for v in [inputs, *layer.trainable_variables]])
+    return out + poison * (1.0 + link)
 
 
 # --- NeuralODE -----------------------------------------------------------------
@@ -148,11 +199,22 @@ class NeuralODE(keras.layers.Layer):
       time_dependent: call ``vector_field(t, u)`` instead of ``vector_field(u)``.
       trainable_t1: make the end time a trainable weight ``t1`` (the save times
         stretch with it). Caution: nothing keeps it from crossing ``t0``.
+      on_failure: what a failed solve (``max_steps`` reached, step size below
+        the minimum, non-finite values) does. ``"raise"`` (default): raise
+        `sensode.SolverError` in eager mode; inside `tf.function`,
+        ``model.fit`` / ``predict`` and XLA, where nothing can raise, the
+        output is NaN (so is every gradient through it, and the training
+        loss) and ``last_status`` holds the code. ``"nan"``: NaN outputs in
+        eager mode too. Never a silent zero or a stale state.
       **kwargs: `keras.layers.Layer` arguments (``name``, ``dtype``, ...).
 
     Attributes:
       last_nfe: int32 non-trainable weight: right-hand side evaluations of the
         last forward solve (``int(layer.last_nfe)``).
+      last_status: int32 non-trainable weight: `sensode.Status` code of the
+        last forward solve (0: success). Pair it with
+        ``keras.callbacks.TerminateOnNaN()`` to stop ``model.fit`` at the
+        first failed batch.
 
     References: Chen, Rubanova, Bettencourt & Duvenaud, "Neural ordinary
     differential equations", NeurIPS 2018; Dupont, Doucet & Teh, "Augmented
@@ -173,6 +235,7 @@ class NeuralODE(keras.layers.Layer):
         augment_dim=0,
         time_dependent=False,
         trainable_t1=False,
+        on_failure="raise",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -184,18 +247,18 @@ class NeuralODE(keras.layers.Layer):
         steps = np.diff(times)
         if not (np.all(steps > 0) or np.all(steps < 0)):
             raise ValueError(f"`t` must be strictly monotone (increasing or decreasing), got {times.tolist()}")
-        alg = _solvers.Tsit5() if alg is None else alg
-        if not isinstance(alg, _solvers.ExplicitRK):
+        alg = Tsit5() if alg is None else alg
+        if not isinstance(alg, ExplicitRK):
             raise TypeError(f"`alg` must be an ODE method such as sensode.Tsit5(), got {alg!r}")
         if not alg.adaptive:
             raise TypeError(f"NeuralODE needs an adaptive method (Tsit5, DP5, BS3, DP8), got {alg!r}")
-        sensealg = _sensealg.InterpolatingAdjoint() if sensealg is None else sensealg
+        sensealg = InterpolatingAdjoint() if sensealg is None else sensealg
         if not isinstance(sensealg, _ODE_SENSEALGS):
             raise TypeError(
                 "`sensealg` of a NeuralODE must be one of ForwardSensitivity, DiscreteAdjoint, BacksolveAdjoint, "
                 f"InterpolatingAdjoint, QuadratureAdjoint; got {sensealg!r}"
             )
-        if isinstance(sensealg, _sensealg.DiscreteAdjoint) and sensealg.linsolve is not None:
+        if isinstance(sensealg, DiscreteAdjoint) and sensealg.linsolve is not None:
             raise TypeError("`DiscreteAdjoint(linsolve=...)` applies to f(u, p) = 0 (the DEQ layer), not to an ODE")
         self.vector_field = vector_field
         self.t = [float(x) for x in times]
@@ -208,6 +271,7 @@ class NeuralODE(keras.layers.Layer):
         self.augment_dim = _check_int(augment_dim, "augment_dim", 0)
         self.time_dependent = bool(time_dependent)
         self.trainable_t1 = bool(trainable_t1)
+        self.on_failure = _check_on_failure(on_failure)
 
     def _field(self, t, u):
         out = self.vector_field(t, u) if self.time_dependent else self.vector_field(u)
@@ -232,6 +296,7 @@ class NeuralODE(keras.layers.Layer):
                 name="t1", shape=(), initializer=keras.initializers.Constant(self.t[-1]), trainable=True
             )
         self.last_nfe = _state_variable(self, "last_nfe")
+        self.last_status = _state_variable(self, "last_status")
 
     def compute_output_shape(self, input_shape):
         width = input_shape[-1] + self.augment_dim
@@ -258,7 +323,7 @@ class NeuralODE(keras.layers.Layer):
             # Inference (predict, evaluate, export): the plain loop accepts any
             # batch size and does no sensitivity work; gradients taken anyway
             # are those of `DiscreteAdjoint`.
-            sensealg = _sensealg.DiscreteAdjoint()
+            sensealg = DiscreteAdjoint()
         elif dynamic:
             raise ValueError(
                 f"NeuralODE with {type(sensealg).__name__} needs a static batch size while training (its buffers "
@@ -271,9 +336,14 @@ class NeuralODE(keras.layers.Layer):
             sensealg=sensealg, throw=False,
         )
         self.last_nfe.assign(sol.stats["nfe"])
-        if self.return_sequences:
-            return tf.transpose(sol.u, [1, 0, 2])  # [T, B, D] -> [B, T, D]
-        return sol.u[-1]
+        out = tf.transpose(sol.u, [1, 0, 2]) if self.return_sequences else sol.u[-1]  # [T, B, D] -> [B, T, D]
+        # The guard does not rely on the core to mark unreached save points:
+        # any non-zero status makes the whole output (and its gradients) NaN.
+        return _expose_failure(
+            self, inputs, out, sol.status, "the forward ODE solve",
+            f"raise `max_steps` (now {self.max_steps}), loosen `rtol`/`atol`, or check that the vector field "
+            "does not blow up",
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -289,6 +359,7 @@ class NeuralODE(keras.layers.Layer):
             augment_dim=self.augment_dim,
             time_dependent=self.time_dependent,
             trainable_t1=self.trainable_t1,
+            on_failure=self.on_failure,
         )
         return config
 
@@ -303,7 +374,7 @@ class NeuralODE(keras.layers.Layer):
 
 # --- DEQ -------------------------------------------------------------------------
 
-_NONLINEAR_ALGS = (_nonlinear.NewtonRaphson, _nonlinear.AndersonAcceleration)  # NewtonKrylov is a NewtonRaphson
+_NONLINEAR_ALGS = (NewtonRaphson, AndersonAcceleration)  # NewtonKrylov is a NewtonRaphson
 
 
 @keras.saving.register_keras_serializable(package="sensode")
@@ -317,12 +388,14 @@ class DEQ(keras.layers.Layer):
     memory does not grow with them. Gradients reach ``x`` and the weights of
     ``cell`` (and of the layers before it).
 
-    When to use: weight-tied "infinitely deep" blocks whose cell is (close to)
-    a contraction in ``z``. Caution: if the iteration does not converge within
-    ``max_iters`` the output is the last iterate and its gradient is that of a
-    point that is not a fixed point (watch ``last_iterations``); spectral
-    normalisation or a small weight initialisation of the ``z`` path keeps the
-    cell contractive. The cell must act row-wise (no batch statistics).
+    When to use: weight-tied "infinitely deep" blocks whose cell is a
+    contraction in ``z``. Caution: training tends to grow the ``z`` weights
+    until the iteration no longer converges within ``max_iters``; bound them
+    (e.g. rescale ``W`` to a norm below 1, as ``examples/deq_classifier.py``
+    does: with a 1-Lipschitz activation the cell is then a contraction, and
+    the fixed point exists and is unique). A solve that does not converge is
+    a failure (see ``on_failure``), never the last iterate passed on as if it
+    were ``z*``. The cell must act row-wise (no batch statistics).
 
     Args:
       cell: Keras layer called as ``cell(z, x)`` with ``z`` ``[B, state_size]``
@@ -338,10 +411,19 @@ class DEQ(keras.layers.Layer):
         ``max|cell(z, x) - z| <= abstol + reltol * max|z|``; None: ``eps^(2/3)``
         of the dtype (2.4e-5 in float32).
       max_iters: static bound on the solver iterations.
+      on_failure: ``"raise"`` (default): a solve that does not converge
+        (``MAX_ITERS``), meets a singular Jacobian or non-finite values raises
+        `sensode.SolverError` in eager mode; inside `tf.function`,
+        ``model.fit`` / ``predict`` and XLA the output is NaN (so is every
+        gradient through it, and the loss) and ``last_status`` holds the
+        code. ``"nan"``: NaN outputs in eager mode too.
       **kwargs: `keras.layers.Layer` arguments.
 
     Attributes:
       last_iterations: int32 non-trainable weight: iterations of the last solve.
+      last_status: int32 non-trainable weight: `sensode.Status` code of the
+        last solve (0: success; the largest code over the chunks of a batch of
+        unknown size).
 
     References: Bai, Kolter & Koltun, "Deep equilibrium models", NeurIPS 2019;
     Walker & Ni, SIAM J. Numer. Anal. 49(4), 2011 (Anderson acceleration).
@@ -350,22 +432,25 @@ class DEQ(keras.layers.Layer):
     #: Rows per solve when the batch size is unknown while tracing.
     CHUNK = 16
 
-    def __init__(self, cell, *, state_size, alg=None, sensealg=None, abstol=None, reltol=None, max_iters=50, **kwargs):
+    def __init__(
+        self, cell, *, state_size, alg=None, sensealg=None, abstol=None, reltol=None, max_iters=50,
+        on_failure="raise", **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(cell, keras.layers.Layer):
             raise TypeError(f"`cell` must be a Keras layer called as cell(z, x), got {type(cell).__name__}")
-        alg = _nonlinear.AndersonAcceleration() if alg is None else alg
+        alg = AndersonAcceleration() if alg is None else alg
         if not isinstance(alg, _NONLINEAR_ALGS):
             raise TypeError(
                 f"`alg` of a DEQ must be AndersonAcceleration, NewtonRaphson or NewtonKrylov, got {alg!r}"
             )
-        sensealg = _sensealg.DiscreteAdjoint() if sensealg is None else sensealg
-        if not isinstance(sensealg, (_sensealg.DiscreteAdjoint, _sensealg.ForwardSensitivity)):
+        sensealg = DiscreteAdjoint() if sensealg is None else sensealg
+        if not isinstance(sensealg, (DiscreteAdjoint, ForwardSensitivity)):
             raise TypeError(
                 "`sensealg` of a DEQ must be DiscreteAdjoint (the implicit adjoint) or ForwardSensitivity; "
                 f"{sensealg!r} is an ODE method"
             )
-        if isinstance(sensealg, _sensealg.DiscreteAdjoint) and sensealg.checkpoints is not None:
+        if isinstance(sensealg, DiscreteAdjoint) and sensealg.checkpoints is not None:
             raise TypeError("`DiscreteAdjoint(checkpoints=...)` applies to ODE solves; the implicit adjoint stores only z*")
         self.cell = cell
         self.state_size = _check_int(state_size, "state_size", 1)
@@ -374,6 +459,7 @@ class DEQ(keras.layers.Layer):
         self.abstol = None if abstol is None else _check_float(abstol, "abstol")
         self.reltol = None if reltol is None else _check_float(reltol, "reltol")
         self.max_iters = _check_int(max_iters, "max_iters", 1)
+        self.on_failure = _check_on_failure(on_failure)
 
     def _residual(self, z, x):
         out = tf.convert_to_tensor(self.cell(z, x))
@@ -390,24 +476,25 @@ class DEQ(keras.layers.Layer):
         dtype = self.compute_dtype
         self._residual(tf.zeros([1, self.state_size], dtype), tf.zeros([1, int(input_shape[-1])], dtype))
         self.last_iterations = _state_variable(self, "last_iterations")
+        self.last_status = _state_variable(self, "last_status")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.state_size)
 
     def _solve(self, x):
-        """The fixed points of a ``[B, m]`` batch with static ``B``; ``(z*, iterations)``."""
+        """The fixed points of a ``[B, m]`` batch with static ``B``; ``(z*, iterations, status)``."""
         z0 = tf.zeros([x.shape[0], self.state_size], x.dtype)
         prob = NonlinearProblem(self._residual, z0, x)
         sol = solve(
             prob, self.alg, abstol=self.abstol, reltol=self.reltol, max_iters=self.max_iters,
             sensealg=self.sensealg, throw=False,
         )
-        return sol.u, sol.iterations
+        return sol.u, sol.iterations, sol.status
 
     def call(self, inputs, training=None):
         x = tf.cast(inputs, self.compute_dtype)
         if x.shape[0] is not None:
-            z, iterations = self._solve(x)
+            z, iterations, status = self._solve(x)
         elif training:
             raise ValueError(
                 "DEQ needs a static batch size while training: sensode's nonlinear solve requires a fully defined "
@@ -416,9 +503,13 @@ class DEQ(keras.layers.Layer):
                 "drop_remainder=True"
             )
         else:
-            z, iterations = self._solve_in_chunks(x)
+            z, iterations, status = self._solve_in_chunks(x)
         self.last_iterations.assign(iterations)
-        return z
+        return _expose_failure(
+            self, x, z, status, f"the fixed-point solve ({type(self.alg).__name__})",
+            f"no fixed point within max_iters={self.max_iters} or a singular Jacobian: keep the cell contractive "
+            "in z (bound the norm of its z weights), raise `max_iters`, or try NewtonRaphson",
+        )
 
     def _solve_in_chunks(self, x):
         # sensode's nonlinear solve needs a static batch (it reshapes u0 to
@@ -432,11 +523,14 @@ class DEQ(keras.layers.Layer):
         n_chunks = (batch + chunk - 1) // chunk
         padded = tf.pad(x, [[0, n_chunks * chunk - batch], [0, 0]])
         blocks = tf.reshape(padded, [n_chunks, chunk, x.shape[-1]])
-        z, iterations = tf.map_fn(
+        z, iterations, status = tf.map_fn(
             self._solve, blocks,
-            fn_output_signature=(tf.TensorSpec([chunk, self.state_size], x.dtype), tf.TensorSpec([], tf.int32)),
+            fn_output_signature=(
+                tf.TensorSpec([chunk, self.state_size], x.dtype), tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.int32),
+            ),
         )
-        return tf.reshape(z, [-1, self.state_size])[:batch], tf.reduce_max(iterations)
+        return tf.reshape(z, [-1, self.state_size])[:batch], tf.reduce_max(iterations), tf.reduce_max(status)
 
     def get_config(self):
         config = super().get_config()
@@ -448,6 +542,7 @@ class DEQ(keras.layers.Layer):
             abstol=self.abstol,
             reltol=self.reltol,
             max_iters=self.max_iters,
+            on_failure=self.on_failure,
         )
         return config
 
