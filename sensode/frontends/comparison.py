@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import statistics
 import time
@@ -41,6 +42,17 @@ from ..sensitivity.interpolating import InterpolatingAdjoint
 from ..sensitivity.quadrature import QuadratureAdjoint
 from ..api import adjoint_sensitivities, solve
 from ..ode.methods import Tsit5
+
+# Peak memory on CPU: TensorFlow's default CPU allocator keeps no statistics
+# (`get_memory_info('CPU:0')` reads 0 or raises); its BFC allocator does, and
+# is chosen by this variable, read once when TensorFlow creates its devices
+# (the first op or device query, not `import tensorflow`). `python -m
+# sensode.compare` imports this module before that, so the setting takes
+# effect there; in a process that has already run TensorFlow ops it has none,
+# which `_memory_measurable` detects (the column then shows "-").
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+MEMORY_HINT = ("set TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow starts (e.g. `TF_CPU_ALLOCATOR_USE_BFC=true "
+               "python script.py`, or import sensode.compare before running any TensorFlow op)")
 
 __all__ = ["compare_sensitivities", "Comparison", "Row", "default_sensealgs", "parse_sensealg", "sensealg_name"]
 
@@ -276,6 +288,31 @@ def _peak_memory(device):
         return None
 
 
+@tf.function(autograph=False)
+def _many_small_tensors(x):
+    # 1024 tensors of 256 bytes, all alive at the add: 256 KiB in small
+    # allocations, like a solver loop's. sin() keeps Grappler from folding
+    # or factoring them away.
+    return tf.add_n([tf.sin(x + float(i)) for i in range(1024)])
+
+
+def _memory_measurable(device) -> bool:
+    """Whether the allocator's peak counts small allocations inside a `tf.function`, as the measured calls make.
+
+    TensorFlow's default CPU allocator counts large buffers but not small ones
+    (a whole Lotka-Volterra gradient reads 0 bytes): probe the way we measure.
+    """
+    if not _reset_memory(device):
+        return False
+    with tf.device(device):
+        x = tf.ones([32], tf.float64)
+        _many_small_tensors(x).numpy()  # trace outside the measurement
+        _reset_memory(device)
+        _many_small_tensors(x).numpy()
+    peak = _peak_memory(device)
+    return peak is not None and peak >= 2**17
+
+
 def _time_calls(fn, theta, reps):
     times = []
     for _ in range(reps):
@@ -362,7 +399,10 @@ def compare_sensitivities(
     Returns:
       `Comparison`. Times are wall-clock medians (noisy on shared machines); ``compile_s`` is
       the first call. Peak memory: TensorFlow's allocator statistics
-      (``tf.config.experimental.get_memory_info``), which work on CPU in TF 2.21.
+      (``tf.config.experimental.get_memory_info``); on CPU they need the BFC allocator
+      (``TF_CPU_ALLOCATOR_USE_BFC=true`` before TensorFlow starts, which importing this module
+      sets when it is early enough); otherwise ``peak_memory_bytes`` is None and the note
+      says why.
     """
     say = progress or (lambda s: None)
     alg = Tsit5() if alg is None else alg
@@ -402,7 +442,7 @@ def compare_sensitivities(
     ref_norm = float(np.linalg.norm(g_ref)) or 1.0
 
     device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
-    memory_ok = _reset_memory(device) and _peak_memory(device) is not None
+    memory_ok = _memory_measurable(device)
     rows = []
     for i, sa in enumerate(sensealgs):
         name = sensealg_name(sa)
@@ -439,7 +479,8 @@ def compare_sensitivities(
     if finite_differences:
         rows.append(_fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say))
     memory_note = (f"peak memory: tf.config.experimental.get_memory_info('{device}')['peak'] during one call"
-                   if memory_ok else "peak memory: not available on this device")
+                   if memory_ok else f"peak memory: not measured (the allocator of {device} keeps no statistics; "
+                   f"{MEMORY_HINT})")
     desc = (f"{prob!r}, {type(alg).__name__}, rtol={rtol:g}, atol={atol:g}, len(θ)={n} ({'+'.join(wrt)}), "
             f"{'XLA' if jit_compile else 'tf.function'}, median of {max(1, reps)}")
     return Comparison(rows=rows, reference=ref_text, reference_gradient=[float(x) for x in g_ref],
