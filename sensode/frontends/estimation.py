@@ -123,6 +123,32 @@ def _mask_for(flag, shape, what):
     return m.reshape(-1)
 
 
+def _observed_shape(prob, observe, n_times) -> tf.TensorShape:
+    """Static shape of the model's observed output at ``n_times`` times (traced, not run)."""
+    states = tf.TensorShape([n_times] + prob.u0.shape.as_list())
+    if observe is None:
+        return states
+    if not callable(observe):
+        raise TypeError(f"`observe` must be callable as observe(u) -> y, got {type(observe).__name__}")
+    spec = tf.TensorSpec(states, prob.u0.dtype)
+    out = tf.function(observe, autograph=False).get_concrete_function(spec).structured_outputs
+    if not tf.is_tensor(out):
+        raise TypeError(f"`observe` must return one tensor, got {type(out).__name__}")
+    return out.shape
+
+
+def _check_data_shape(data_shape, expected: tf.TensorShape, observe):
+    # Checked before optimising: a [T, 1] data set for a 2-state model would
+    # otherwise broadcast against u silently and fit something meaningless.
+    if expected.rank == len(data_shape) and expected.is_compatible_with(data_shape):
+        return
+    what = ("the observed output observe(u)" if observe is not None
+            else "the states u at `times` (no `observe`)")
+    hint = "" if observe is not None else "; to fit some states only, pass `observe`, e.g. lambda u: u[:, :1]"
+    raise ValueError(f"`data` has shape {tuple(data_shape)}, expected {tuple(expected.as_list())}: the shape of "
+                     f"{what}{hint}")
+
+
 class Objective:
     """The fitting loss as a function of the optimiser's coordinates ``z`` (see `fit`).
 
@@ -142,6 +168,7 @@ class Objective:
         data = np.asarray(data, np.float64)
         if data.shape[:1] != tuple(self.times.shape):
             raise ValueError(f"`data` must have shape [T, ...] with T = len(times) = {self.times.shape[0]}, got {data.shape}")
+        _check_data_shape(data.shape, _observed_shape(prob, observe, int(self.times.shape[0])), observe)
         nan = np.isnan(data)
         if np.isinf(data).any():
             raise ValueError("`data` contains +-inf; remove those observations (or set them to NaN with mask_nan=True)")
@@ -285,8 +312,10 @@ def fit(
       `FitResult`.
 
     Raises:
-      ValueError: bad shapes, NaN (without ``mask_nan``) or inf in ``data``, non-positive
-        initial values of positive entries.
+      ValueError: bad shapes (``data`` must have the shape of the observed output,
+        ``[T, *u0.shape]`` without ``observe``; checked before optimising), NaN (without
+        ``mask_nan``) or inf in ``data``, non-positive initial values of positive entries.
+      TypeError: ``observe`` is not callable or does not return one tensor.
     """
     import keras
     import tensorflow_probability as tfp
