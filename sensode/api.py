@@ -14,11 +14,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from . import compiled
 from . import validation as _v
 from .nonlinear.implicit import solve_nonlinear
 from .ode.control import PIController
 from .ode.loop import SolveOptions, nan_gradient_if
 from .ode.methods import ODEMethod, Tsit5
+from .params import Params
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem, check_u0
 from .sensitivity.adjoint_problem import ContinuousAdjoint
 from .sensitivity.base import SensitivityAlgorithm, Spec
@@ -64,6 +66,7 @@ def solve(
     max_iters: int | None = None,
     sensealg=None,
     throw: bool = True,
+    compile: bool = True,
 ):
     """Solve a problem: `ODEProblem`, `NonlinearProblem` or `SteadyStateProblem`.
 
@@ -96,6 +99,10 @@ def solve(
         recording skips sensitivity work altogether.
       throw: in eager mode, raise `SolverError` if the solve failed. Inside
         `tf.function` nothing raises: read ``sol.status``.
+      compile: (ODE) called eagerly, run the solve as one XLA-compiled
+        function, cached per call structure (`sensode.compiled`): the first
+        call compiles (seconds), later ones run at compiled speed. False runs
+        op by op (for debugging). Inside `tf.function` it has no effect.
 
     Returns:
       `ODESolution` (``t`` ``[T]``, ``u`` ``[T, *u0.shape]``, ``stats``,
@@ -120,14 +127,16 @@ def solve(
         raise TypeError(f"solve() option(s) {wrong} apply to NonlinearProblem / SteadyStateProblem only")
     alg, spec, ts, t0, t1, valid = _prepare(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
-        dtmin=dtmin, dtmax=dtmax, controller=controller,
+        dtmin=dtmin, dtmax=dtmax, controller=controller, throw=throw,
     )
-    if sensealg is None:
-        u, stats, status = solve_on_demand(prob, spec, prob.u0, ts, t0, t1)
-    elif isinstance(sensealg, SensitivityAlgorithm):
-        u, stats, status = sensealg.solve(spec, prob.u0, ts, t0, t1, prob.p)
-    else:
+    if sensealg is not None and not isinstance(sensealg, SensitivityAlgorithm):
         raise TypeError(f"`sensealg` must be a sensode sensitivity algorithm, got {sensealg!r}")
+    if compile and tf.executing_eagerly():
+        u, stats, status = _solve_compiled(prob, alg, spec, ts, t0, t1, saveat is None, sensealg)
+    elif sensealg is None:
+        u, stats, status = solve_on_demand(prob, spec, prob.u0, ts, t0, t1)
+    else:
+        u, stats, status = sensealg.solve(spec, prob.u0, ts, t0, t1, prob.p)
     if valid is not None:
         u, status = _mark_invalid(valid, u, status)
     sol = ODESolution(t=ts, u=u, stats=stats, status=status, prob=prob, alg=alg)
@@ -136,14 +145,34 @@ def solve(
     return sol
 
 
+def _solve_compiled(prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg):
+    """`solve` of an ODE from eager code, through the cached compiled function."""
+    params = Params(prob.p)
+    opts = spec.options
+    tensors = (prob.u0, t0, t1, ts, params.float_leaves, opts.rtol, opts.atol, opts.dt, opts.dtmin, opts.dtmax)
+    key = ("solve", prob.f, alg, sensealg, opts.max_steps, opts.controller, saveat_is_none,
+           compiled.signature(tensors, prob.p))
+
+    def build():
+        def run(u0, t0, t1, ts, pf, rtol, atol, dt, dtmin, dtmax):
+            sol = solve(ODEProblem(prob.f, u0, (t0, t1), params.pack(pf)), alg, saveat=None if saveat_is_none else ts,
+                        dt=dt, rtol=rtol, atol=atol, max_steps=opts.max_steps, dtmin=dtmin, dtmax=dtmax,
+                        controller=opts.controller, sensealg=sensealg, throw=False)
+            return sol.u, sol.stats, sol.status
+
+        return run
+
+    return compiled.cached_function(key, build)(*tensors)
+
+
 def _mark_invalid(valid, u, status):
     """NaN values and gradients, and `Status.INVALID_INPUT`, where a run-time check failed."""
     bad = ~valid
-    u = nan_gradient_if(bad, tf.where(bad, tf.constant(np.nan, u.dtype), u))
+    u = nan_gradient_if(bad, u + tf.where(bad, tf.constant(np.nan, u.dtype), tf.constant(0.0, u.dtype)))
     return u, tf.where(bad, tf.constant(Status.INVALID_INPUT, tf.int32), status)
 
 
-def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller):
+def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller, throw=True):
     """Validate an ODE solve's inputs, once for every entry point.
 
     Returns ``(alg, spec, ts, t0, t1, valid)``: ``valid`` is None when every
@@ -184,7 +213,7 @@ def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, cont
         valid = _v.check_saveat(ts, t0, t1)
     options = SolveOptions(rtol=rtol, atol=atol, dt=dt, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
                            controller=controller)
-    return alg, Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options), ts, t0, t1, valid
+    return alg, Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options, throw=throw), ts, t0, t1, valid
 
 
 @_no_autograph

@@ -28,7 +28,7 @@ from . import dense as _dense
 from .control import PIController, initial_step
 from .methods import SMALL_WORK, ODEMethod
 
-__all__ = ["SolveOptions", "IntegrateResult", "integrate", "nan_gradient_if"]
+__all__ = ["SolveOptions", "IntegrateResult", "integrate", "Stepper", "Checkpoint", "nan_gradient_if"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +150,11 @@ def nan_gradient_if(failed, x):
 
     The value of a failed solve must not pass on a finite gradient: the
     discrete adjoint (reverse mode through the loop) would otherwise
-    differentiate the part it reached and return a plausible number.
+    differentiate the part it reached and return a plausible number. The
+    gradient is NaN whatever arrives from above, a zero included (a loss
+    that masks NaN values out still gets a NaN gradient). Mark values NaN by
+    *adding* a NaN-or-zero term, not with `tf.where`, whose gradient would
+    route zeros around this.
     """
     return tf.nest.map_structure(lambda v: _nan_gradient(failed, v), x)
 
@@ -200,23 +204,79 @@ def integrate(
     Returns:
       `IntegrateResult`.
     """
-    options = options or SolveOptions()
-    structure = y0
-    y0 = tf.nest.flatten(y0)
+    stepper = Stepper(fn, y0, t0, t1, method, options, saveat=saveat, tstops=tstops, jump=jump,
+                      include_in_norm=include_in_norm, record=record,
+                      stop_controller_gradients=stop_controller_gradients)
+    return stepper.finish(stepper.run(stepper.start(y0), stepper.max_steps))
 
-    def flat_fn(t, y):
-        return tf.nest.flatten(fn(t, tf.nest.pack_sequence_as(structure, y)))
 
-    ctx = _context(flat_fn, structure, method, options, y0, t0, t1, saveat, tstops, jump, include_in_norm, record,
-                   stop_controller_gradients)
-    state = _initial_state(ctx, options, y0, tf.convert_to_tensor(t0, y0[0].dtype))
-    final = tf.while_loop(
-        lambda s: tf.equal(s.status, Status.SUCCESS) & (ctx.direction * (ctx.t1 - s.t) > 0),
-        lambda s: (_body(ctx, s),),
-        (state,),
-        maximum_iterations=options.max_steps,
-    )[0]
-    return _finish(ctx, final)
+class Stepper:
+    """The loop in pieces: `start`, `run` (at most ``n`` iterations), `finish`.
+
+    `integrate` is ``finish(run(start(y0), max_steps))``. Algorithms that run
+    the loop in chunks (the discrete adjoint's checkpoints) keep the states
+    between chunks (`checkpoint`) and resume from them (`resume`), taking
+    exactly the steps of the uninterrupted solve. Arguments as in `integrate`.
+    """
+
+    def __init__(self, fn, y0, t0, t1, method: ODEMethod, options: SolveOptions | None = None, *, saveat=None,
+                 tstops=None, jump=None, include_in_norm=None, record=False, stop_controller_gradients=True):
+        self.options = options or SolveOptions()
+        self.max_steps = self.options.max_steps
+        structure = y0
+        flat0 = tf.nest.flatten(y0)
+
+        def flat_fn(t, y):
+            return tf.nest.flatten(fn(t, tf.nest.pack_sequence_as(structure, y)))
+
+        self.ctx = _context(flat_fn, structure, method, self.options, flat0, t0, t1, saveat, tstops, jump,
+                            include_in_norm, record, stop_controller_gradients)
+        self.t0 = tf.convert_to_tensor(t0, flat0[0].dtype)
+
+    def start(self, y0) -> _State:
+        return _initial_state(self.ctx, self.options, tf.nest.flatten(y0), self.t0)
+
+    def running(self, s: _State):
+        """Whether the loop would take another iteration from ``s``."""
+        return tf.equal(s.status, Status.SUCCESS) & (self.ctx.direction * (self.ctx.t1 - s.t) > 0)
+
+    def run(self, s: _State, n: int) -> _State:
+        """At most ``n`` (static) more iterations."""
+        return tf.while_loop(self.running, lambda s: (_body(self.ctx, s),), (s,), maximum_iterations=n)[0]
+
+    def finish(self, s: _State) -> IntegrateResult:
+        return _finish(self.ctx, s)
+
+    @staticmethod
+    def checkpoint(s: _State) -> Checkpoint:
+        """What `resume` needs to repeat the iterations after ``s`` exactly."""
+        return Checkpoint(s.t, s.y, s.h, s.ratio_prev, s.carry, s.stop)
+
+    def resume(self, c: Checkpoint, saved=None) -> _State:
+        """A state equal to the checkpointed one, counters at zero.
+
+        ``f`` is re-evaluated from ``y`` (one evaluation), so gradients with
+        respect to ``c.y`` see its dependence; ``saved`` defaults to zeros.
+        """
+        ctx = self.ctx
+        dtype = c.t.dtype
+        if saved is None and ctx.ts is not None:
+            saved = [tf.zeros(tf.concat([tf.shape(ctx.ts), tf.shape(y)], 0), dtype) for y in c.y]
+        zero = tf.constant(0, tf.int32)
+        return _State(t=c.t, y=list(c.y), f=ctx.fn(c.t, list(c.y)), h=c.h, ratio_prev=c.ratio_prev, carry=c.carry,
+                      saved=saved or [], steps=zero, accepted=zero, rejected=zero, nfe=tf.constant(1, tf.int32),
+                      status=zero, stop=c.stop, rec=())
+
+
+class Checkpoint(NamedTuple):
+    """A loop state without its buffers (see `Stepper.checkpoint`)."""
+
+    t: tf.Tensor
+    y: list
+    h: tf.Tensor
+    ratio_prev: tf.Tensor
+    carry: Any
+    stop: tf.Tensor
 
 
 def _context(fn, structure, method, options, y0, t0, t1, saveat, tstops, jump, include, record, stop_grads) -> _Ctx:
@@ -440,9 +500,9 @@ def _finish(ctx: _Ctx, final: _State) -> IntegrateResult:
     if ctx.ts is not None:
         # Save points beyond the time reached were never written.
         unreached = failed & (ctx.direction * (ctx.ts - final.t) > 0)
-        saved = [tf.where(_rows_mask(unreached, b.shape.rank - 1), nan, b) for b in final.saved]
+        saved = [b + tf.where(_rows_mask(unreached, b.shape.rank - 1), nan, tf.zeros_like(nan)) for b in final.saved]
         ys = tf.nest.pack_sequence_as(ctx.structure, nan_gradient_if(failed, saved))
-    y1 = [tf.where(failed, nan, y) for y in final.y]
+    y1 = [y + tf.where(failed, nan, tf.zeros_like(nan)) for y in final.y]
     rec = final.rec._replace(count=final.accepted) if ctx.record else None
     return IntegrateResult(
         y1=tf.nest.pack_sequence_as(ctx.structure, nan_gradient_if(failed, y1)),

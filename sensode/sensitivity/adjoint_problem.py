@@ -31,7 +31,6 @@ import tensorflow as tf
 from ..derivatives import graph_if_eager, vjp
 from ..ode import dense
 from ..params import Params
-from ..solution import raise_if_failed
 from .base import ForwardPass, Gradients, SensitivityAlgorithm, nan_if_failed
 from .checkpoint import backward_sweep, segment_cap, segmented_forward, solve_segment
 
@@ -153,9 +152,7 @@ class ContinuousAdjoint(SensitivityAlgorithm):
         else:
             r = backward_solve(spec, self, u0, ts, t0, t1, p, variables, aux.u1, aux.record, g_u, h_init=aux.h)
             du0, dp, dv, status = r.du0, r.dp, r.dvars, r.status
-        if tf.executing_eagerly():
-            raise_if_failed(status, f"backward solve of {type(self).__name__}")
-        return Gradients(du0, dp, dv)
+        return Gradients(du0, dp, dv, status=status)
 
     def _backward_segments(self, spec, u0, ts, t0, t1, p, variables, cp, g_u):
         k = self.checkpoint_count()

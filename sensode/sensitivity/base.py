@@ -36,7 +36,7 @@ from ..derivatives import map_batch
 from ..ode.loop import SolveOptions, integrate
 from ..ode.methods import ODEMethod
 from ..params import Params, find_variables
-from ..solution import Status
+from ..solution import Status, raise_if_failed
 
 __all__ = ["Spec", "SensitivityAlgorithm", "ForwardPass", "Gradients", "differentiable", "save_time_gradients",
            "nan_if_failed"]
@@ -48,6 +48,7 @@ class Spec:
     f: Callable  # f(t, u, p)
     method: ODEMethod
     options: SolveOptions
+    throw: bool = True  # raise (eagerly) when the backward pass fails
 
     def integrate(self, fn, y0, t0, t1, *, method: ODEMethod | None = None, **kwargs):
         """`sensode.ode.loop.integrate` with this spec's method and options.
@@ -77,13 +78,15 @@ class ForwardPass(NamedTuple):
 
 class Gradients(NamedTuple):
     """What ``backward`` returns. ``dp`` lists the differentiable leaves of ``p``
-    only; ``dts`` / ``dt0`` None mean "use the closed forms"."""
+    only; ``dts`` / ``dt0`` None mean "use the closed forms"; ``status`` is
+    the backward pass's own (e.g. a backward solve's), 0 when it has none."""
 
     du0: tf.Tensor
     dp: list
     dvars: list
     dts: tf.Tensor | None = None
     dt0: tf.Tensor | None = None
+    status: tf.Tensor | int = 0
 
 
 class SensitivityAlgorithm:
@@ -134,12 +137,19 @@ def differentiable(spec: Spec, algorithm, u0, ts, t0, t1, p):
 
         def grad(g_u, *unused, variables=None):
             g = algorithm.backward(spec, u0_, ts_, t0_, t1, pp, f_vars, fwd.aux, g_u)
+            # A failed forward solve was reported by `solve` (or the caller
+            # opted out with throw=False): its gradients are NaN, and the
+            # backward pass is not blamed. A failed backward pass of a good
+            # forward solve raises here in eager mode.
+            if spec.throw and tf.executing_eagerly() and int(fwd.status) == Status.SUCCESS:
+                raise_if_failed(g.status, f"backward pass of {type(algorithm).__name__}")
+            status = tf.where(tf.equal(fwd.status, Status.SUCCESS), tf.cast(g.status, tf.int32), fwd.status)
             dts = save_time_gradients(spec.f, ts_, fwd.u, g_u, pp) if g.dts is None else g.dts
             dt0 = -tf.reduce_sum(g.du0 * spec.f(t0_, u0_, pp)) if g.dt0 is None else g.dt0
-            grads = [nan_if_failed(fwd.status, x) for x in [g.du0, dts, dt0] + list(g.dp)]
+            grads = [nan_if_failed(status, x) for x in [g.du0, dts, dt0] + list(g.dp)]
             if variables is None:
                 return grads
-            by_ref = {v.ref(): nan_if_failed(fwd.status, x) for v, x in zip(f_vars, g.dvars)}
+            by_ref = {v.ref(): nan_if_failed(status, x) for v, x in zip(f_vars, g.dvars)}
             return grads, [by_ref.get(v.ref(), tf.zeros_like(v)) for v in variables]
 
         keys.extend(fwd.stats)  # known at trace time; method-specific counters included

@@ -66,7 +66,10 @@ class _OnDemand(SensitivityAlgorithm):
 
     def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u):
         fwd = self.algorithm.forward(spec, u0, ts, t0, t1, p, variables)
-        return self.algorithm.backward(spec, u0, ts, t0, t1, p, variables, fwd.aux, g_u)
+        g = self.algorithm.backward(spec, u0, ts, t0, t1, p, variables, fwd.aux, g_u)
+        # The repeated forward pass (e.g. with sensitivities) can fail where the plain one did not.
+        status = tf.where(tf.equal(fwd.status, 0), tf.cast(g.status, tf.int32), fwd.status)
+        return g._replace(status=status)
 
 
 def solve_on_demand(prob, spec, u0, ts, t0, t1):
