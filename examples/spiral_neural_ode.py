@@ -5,7 +5,22 @@ Data: the trajectory of ``u' = A u^3``, ``A = [[-0.1, 2], [-2, -0.1]]``,
 with Gaussian noise. The model is a NeuralODE whose vector field is a small
 MLP of ``u^3``; it is trained with ``model.fit`` on short windows of the
 trajectory (each window's first noisy state is the input, the states along
-the window the target) and evaluated on the whole trajectory from ``u(0)``.
+the window the target).
+
+Printed figures:
+
+- the training loss (MAE over windows, noisy targets) of the first and last
+  epoch;
+- the window error: MAE of the trained model's window predictions, started
+  from the clean states, against the clean spiral. This is what the model was
+  trained to do; it is reproducible (0.017 with the defaults; the noise's own
+  MAE is 0.016);
+- the rollout error: MAE of the whole trajectory integrated from ``u(0)``
+  against the clean spiral. A 10-time-unit free rollout of a field trained on
+  0.45-unit windows for 150 Adam steps accumulates phase drift: with the same
+  window error it ranged from 0.21 to 0.99 over seeds and machines (0.64 with
+  the defaults here; an earlier document quoted 0.23 from one lucky run). It
+  is shown, with the plot, as an illustration, not as a measure of success.
 
 Usage:
   python examples/spiral_neural_ode.py --epochs=30 --sensealg=interpolating --out=spiral.png
@@ -32,7 +47,7 @@ SENSEALG = flags.DEFINE_enum(
     "sensealg", "interpolating", ["discrete", "forward", "backsolve", "interpolating", "quadrature"], "gradient method"
 )
 JIT = flags.DEFINE_bool("jit", False, "compile the training step with XLA")
-OUT = flags.DEFINE_string("out", "spiral.png", "where to save the plot")
+OUT = flags.DEFINE_string("out", "spiral.png", "where to save the plot (empty: no plot)")
 SEED = flags.DEFINE_integer("seed", 0, "random seed")
 
 SENSEALGS = {
@@ -68,39 +83,59 @@ def vector_field():
     )
 
 
-def main(argv):
-    del argv
-    keras.utils.set_random_seed(SEED.value)
-    rng = np.random.default_rng(SEED.value)
-    t = np.linspace(0.0, T_MAX.value, N_POINTS.value)
+def train(*, epochs=30, n_points=200, t_max=10.0, window=10, batch_size=32, noise=0.02, sensealg="interpolating",
+          jit=False, seed=0):
+    """Train on windows of the noisy spiral; returns the figures above and the arrays to plot."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0.0, t_max, n_points)
     clean = true_trajectory(t)
-    data = (clean + NOISE.value * rng.normal(size=clean.shape)).astype("float32")
+    data = (clean + noise * rng.normal(size=clean.shape)).astype("float32")
 
-    w = WINDOW.value
-    starts = np.arange(N_POINTS.value - w)
+    starts = np.arange(n_points - window)
     x = data[starts]  # [N, 2] first (noisy) state of each window
-    y = np.stack([data[s : s + w] for s in starts])  # [N, w, 2]
-    n = (len(x) // BATCH.value) * BATCH.value  # whole batches: static shapes
+    y = np.stack([data[s : s + window] for s in starts])  # [N, window, 2]
+    n = (len(x) // batch_size) * batch_size  # whole batches: static shapes
     x, y = x[:n], y[:n]
 
     field = vector_field()
-    window_t = tuple(float(v) for v in t[:w])
     layer = NeuralODE(
-        field, t=window_t, sensealg=SENSEALGS[SENSEALG.value](), return_sequences=True, rtol=1e-4, atol=1e-6,
-        max_steps=200,
+        field, t=tuple(float(v) for v in t[:window]), sensealg=SENSEALGS[sensealg](), return_sequences=True,
+        rtol=1e-4, atol=1e-6, max_steps=200,
     )
     model = keras.Sequential([keras.Input((2,)), layer])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mae", jit_compile=JIT.value)
-    history = model.fit(x, y, batch_size=BATCH.value, epochs=EPOCHS.value, shuffle=True, verbose=0)
-    print(f"training loss (MAE over windows): first epoch {history.history['loss'][0]:.4f}, "
-          f"last epoch {history.history['loss'][-1]:.4f}; last nfe {int(layer.last_nfe.numpy())}")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mae", jit_compile=jit)
+    # A failed solve makes the loss NaN (the layer never returns zeros): stop there.
+    history = model.fit(
+        x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
+        callbacks=[keras.callbacks.TerminateOnNaN()],
+    )
+    nfe = int(layer.last_nfe.numpy())
 
-    # The whole trajectory from u(0), with the trained field.
+    # What the model was trained for: windows, started from the clean states.
+    windows = model.predict(clean[starts].astype("float32"), batch_size=batch_size, verbose=0)
+    window_mae = float(np.mean(np.abs(windows - np.stack([clean[s : s + window] for s in starts]))))
+    # The whole trajectory from u(0), with the trained field (raises SolverError if the solve fails).
     full = NeuralODE(field, t=tuple(float(v) for v in t), return_sequences=True, rtol=1e-5, atol=1e-7, max_steps=5000)
     fitted = full(clean[:1].astype("float32"), training=False).numpy()[0]
-    final = float(np.mean(np.abs(fitted - clean)))
-    print(f"final loss: MAE of the fitted trajectory against the clean spiral = {final:.4f}")
+    return dict(
+        losses=history.history["loss"], nfe=nfe, window_mae=window_mae,
+        rollout_mae=float(np.mean(np.abs(fitted - clean))), data=data, clean=clean, fitted=fitted,
+    )
 
+
+def main(argv):
+    del argv
+    r = train(epochs=EPOCHS.value, n_points=N_POINTS.value, t_max=T_MAX.value, window=WINDOW.value,
+              batch_size=BATCH.value, noise=NOISE.value, sensealg=SENSEALG.value, jit=JIT.value, seed=SEED.value)
+    print(f"training loss (MAE over windows): first epoch {r['losses'][0]:.4f}, "
+          f"last epoch {r['losses'][-1]:.4f}; last nfe {r['nfe']}")
+    print(f"window error: MAE of window predictions against the clean spiral = {r['window_mae']:.4f}")
+    print(f"rollout error: MAE of the trajectory from u(0) against the clean spiral = {r['rollout_mae']:.4f} "
+          "(phase drift: varies with seed and machine)")
+    data, clean, fitted = r["data"], r["clean"], r["fitted"]
+    if not OUT.value:
+        return
     try:
         import matplotlib
 
