@@ -109,8 +109,10 @@ def solve_nonlinear(
       alg: `NewtonRaphson()` (default), `NewtonKrylov()`,
         `AndersonAcceleration()`, or `DynamicSS()` (steady states only).
       abstol, reltol: system ``b`` has converged when
-        ``max|f(u_b)| <= abstol + reltol * max|u_b|``. Default
-        ``eps^(2/3)`` for both (3.7e-11 in float64, 2.4e-5 in float32).
+        ``max|f(u_b)| <= abstol + reltol * min(max|u_b|, s_b)`` with
+        ``s_b = max(max|u0_b|, max|f(u0_b)|)``: judged on the residual,
+        and a runaway ``|u|`` cannot loosen it (see `sensode.nonlinear.methods`).
+        Default ``eps^(2/3)`` for both (3.7e-11 in float64, 2.4e-5 in float32).
       max_iters: static bound on the iterations (for `DynamicSS`, on the
         integration windows).
       sensealg: `DiscreteAdjoint(linsolve=...)` (default; alias
@@ -123,7 +125,9 @@ def solve_nonlinear(
         treat such a trial as failed).
 
     Returns:
-      `NonlinearSolution`. ``sol.u`` is differentiable with respect to ``p``
+      `NonlinearSolution`. On failure (``sol.status != 0``) ``sol.u`` is NaN
+      for every system that did not converge, and so is every gradient
+      (``sol.resid_norm`` keeps the last residual). ``sol.u`` is differentiable with respect to ``p``
       (a tensor or a nest of tensors), to `tf.Variable`s read inside ``f``,
       and to ``u0`` (zero).
 

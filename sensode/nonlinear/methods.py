@@ -142,7 +142,8 @@ class NewtonRaphson(NonlinearAlgorithm):
 
     Args:
       linsolve: a `sensode.linsolve` solver for ``J du = -f``; default `LU()`.
-        A singular ``J`` with `LU` gives status ``SINGULAR``.
+        A singular or numerically singular ``J`` with `LU` (estimated
+        ``rcond_1 <= LU.rcond_threshold``) gives status ``SINGULAR``.
       line_search: backtrack as above; ``False`` takes full Newton steps.
       max_backtracks: static bound on the halvings per iteration.
       armijo: sufficient-decrease constant ``c``.
@@ -243,9 +244,12 @@ class NewtonKrylov(NewtonRaphson):
     price of linear instead of quadratic convergence near the root.
 
     When to use: large systems with sparse or structured Jacobians (``n`` in
-    the thousands and up). Caution: a singular or badly conditioned Jacobian
-    is not detected as ``SINGULAR``; the Krylov solver simply fails to
-    converge and Newton stalls (status ``MAX_ITERS``). No preconditioning yet.
+    the thousands and up). Caution: a Krylov solver cannot tell a singular
+    Jacobian from a hard one. When it fails and its step does not decrease
+    ``|f|`` either, Newton stops with status ``SINGULAR`` (it would repeat
+    the same step); a badly conditioned Jacobian on which the Krylov solver
+    makes some progress just converges slowly (``MAX_ITERS``). No
+    preconditioning yet.
 
     Args:
       linsolve: a matrix-free solver (`GMRES`, `BiCGStab`, `CG` for symmetric
