@@ -17,10 +17,10 @@ import tensorflow as tf
 from . import compiled
 from . import validation as _v
 from .nonlinear.implicit import solve_nonlinear
-from .ode.control import PIController
-from .ode.loop import SolveOptions, nan_gradient_if
+from .ode.control import PIController, SolveOptions
+from .ode.loop import nan_gradient_if
 from .ode.methods import ODEMethod, Tsit5
-from .params import Params
+from .params import Params, find_variables
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem, check_u0
 from .sensitivity.adjoint_problem import ContinuousAdjoint
 from .sensitivity.base import SensitivityAlgorithm, Spec
@@ -145,24 +145,41 @@ def solve(
     return sol
 
 
-def _solve_compiled(prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg):
-    """`solve` of an ODE from eager code, through the cached compiled function."""
+def _eager_compiled(name, prob, alg, spec, ts, t0, t1, saveat_is_none, static, body, extra=()):
+    """Run ``body`` as the cached compiled function of this call structure (`sensode.compiled`).
+
+    ``body(prob, options, extra)`` is called while tracing with ``prob``
+    rebuilt from symbolic inputs (``u0``, ``tspan``, the floating leaves of
+    ``p``) and ``options`` the keyword options of `solve` (symbolic
+    tolerances, ``saveat``); ``extra`` are further tensors of the call.
+    """
     params = Params(prob.p)
     opts = spec.options
     tensors = (prob.u0, t0, t1, ts, params.float_leaves, opts.rtol, opts.atol, opts.dt, opts.dtmin, opts.dtmax)
-    key = ("solve", prob.f, alg, sensealg, opts.max_steps, opts.controller, saveat_is_none,
-           compiled.signature(tensors, prob.p))
+    key = (name, prob.f, alg, opts.max_steps, opts.controller, saveat_is_none, static,
+           compiled.signature(tensors, extra, prob.p))
 
     def build():
-        def run(u0, t0, t1, ts, pf, rtol, atol, dt, dtmin, dtmax):
-            sol = solve(ODEProblem(prob.f, u0, (t0, t1), params.pack(pf)), alg, saveat=None if saveat_is_none else ts,
-                        dt=dt, rtol=rtol, atol=atol, max_steps=opts.max_steps, dtmin=dtmin, dtmax=dtmax,
-                        controller=opts.controller, sensealg=sensealg, throw=False)
-            return sol.u, sol.stats, sol.status
+        def run(inputs, extra):
+            u0, t0, t1, ts, pf, rtol, atol, dt, dtmin, dtmax = inputs
+            traced = ODEProblem(prob.f, u0, (t0, t1), params.pack(pf))
+            options = dict(saveat=None if saveat_is_none else ts, dt=dt, rtol=rtol, atol=atol,
+                           max_steps=opts.max_steps, dtmin=dtmin, dtmax=dtmax, controller=opts.controller)
+            return body(traced, options, extra)
 
         return run
 
-    return compiled.cached_function(key, build)(*tensors)
+    return compiled.cached_function(key, build)(tensors, extra)
+
+
+def _solve_compiled(prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg):
+    """`solve` of an ODE from eager code, through the cached compiled function."""
+
+    def body(traced, options, _):
+        sol = solve(traced, alg, sensealg=sensealg, throw=False, compile=False, **options)
+        return sol.u, sol.stats, sol.status
+
+    return _eager_compiled("solve", prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg, body)
 
 
 def _mark_invalid(valid, u, status):
@@ -230,6 +247,7 @@ def forward_sensitivities(
     dtmax=None,
     controller: PIController | None = None,
     throw: bool = True,
+    compile: bool = True,
 ) -> ForwardSensitivityResult:
     """Solve an `ODEProblem` together with its forward sensitivities.
 
@@ -239,7 +257,7 @@ def forward_sensitivities(
 
     Args:
       prob, alg, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller,
-        throw: as in `solve`.
+        throw, compile: as in `solve`.
 
     Returns:
       `ForwardSensitivityResult`: ``t`` ``[T]``, ``u`` ``[T, *u.shape]``,
@@ -253,7 +271,15 @@ def forward_sensitivities(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
     )
-    res = _forward_sensitivities(prob, spec, ts, t0, t1)
+    if compile and tf.executing_eagerly():
+        def body(traced, options, _):
+            r = forward_sensitivities(traced, alg, throw=False, compile=False, **options)
+            return r._replace(variables=[])  # Python objects: set outside
+
+        res = _eager_compiled("forward_sensitivities", prob, alg, spec, ts, t0, t1, saveat is None, None, body)
+        res = res._replace(variables=find_variables(spec.f, t0, prob.u0, prob.p))
+    else:
+        res = _forward_sensitivities(prob, spec, ts, t0, t1)
     if valid is not None:
         u, status = _mark_invalid(valid, res.u, res.status)
         res = res._replace(u=u, status=status)
@@ -278,6 +304,7 @@ def adjoint_sensitivities(
     dtmax=None,
     controller: PIController | None = None,
     throw: bool = True,
+    compile: bool = True,
 ) -> AdjointSensitivityResult:
     """Gradients of a loss on a solved problem by a continuous adjoint.
 
@@ -295,7 +322,8 @@ def adjoint_sensitivities(
         `QuadratureAdjoint`.
       dgdu_discrete: ``[T, *u.shape]`` or None.
       g: ``g(t, u, p) -> scalar`` or None.
-      dt, rtol, atol, max_steps, dtmin, dtmax, controller, throw: as in `solve`.
+      dt, rtol, atol, max_steps, dtmin, dtmax, controller, throw, compile: as
+        in `solve`.
 
     Returns:
       `AdjointSensitivityResult` with ``du0``, ``dp`` (nest like ``p``),
@@ -324,7 +352,20 @@ def adjoint_sensitivities(
             raise ValueError(
                 f"`dgdu_discrete` must have the shape of sol.u {sol.u.shape}, got {dgdu_discrete.shape}"
             )
-    res = _adjoint_sensitivities(sol, spec, sensealg, dgdu_discrete, g)
+    if compile and tf.executing_eagerly():
+        def body(traced, options, extra):
+            u, t, dgdu = extra
+            traced_sol = ODESolution(t=t, u=u, stats={}, status=tf.constant(0), prob=traced, alg=alg)
+            options = {k: v for k, v in options.items() if k != "saveat"}
+            r = adjoint_sensitivities(traced_sol, alg, sensealg=sensealg, dgdu_discrete=dgdu, g=g, throw=False,
+                                      compile=False, **options)
+            return r._replace(variables=[])
+
+        res = _eager_compiled("adjoint_sensitivities", sol.prob, alg, spec, ts, t0, t1, True, (sensealg, g), body,
+                              extra=(sol.u, sol.t, dgdu_discrete))
+        res = res._replace(variables=find_variables(spec.f, t0, sol.prob.u0, sol.prob.p))
+    else:
+        res = _adjoint_sensitivities(sol, spec, sensealg, dgdu_discrete, g)
     if throw and tf.executing_eagerly():
         raise_if_failed(res.status, f"backward solve of {type(sensealg).__name__}")
     return res
@@ -347,6 +388,7 @@ def odeint(
     controller: PIController | None = None,
     sensealg=None,
     throw: bool = True,
+    compile: bool = True,
     saveat=None,
 ):
     """Solve ``du/dt = f(t, u, p)`` and return ``u`` at the times ``t``.
@@ -360,7 +402,7 @@ def odeint(
       t: ``[T]`` times (``T >= 2``), monotone.
       p: parameters (``None``, a tensor or a nest of tensors).
       alg, dt, rtol, atol, max_steps, dtmin, dtmax, controller, sensealg,
-        throw: as in `solve`.
+        throw, compile: as in `solve`.
 
       saveat: not accepted: the save times are ``t`` (raises `TypeError`).
 
@@ -375,4 +417,4 @@ def odeint(
         raise ValueError(f"`t` must be a 1-D tensor of at least two times, got shape {t.shape}")
     prob = ODEProblem(f, u0, (t[0], t[-1]), p)
     return solve(prob, alg, saveat=t, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
-                 controller=controller, sensealg=sensealg, throw=throw).u
+                 controller=controller, sensealg=sensealg, throw=throw, compile=compile).u

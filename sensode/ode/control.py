@@ -8,10 +8,11 @@ exponent is ``1 / (error_order + 1)``), not the order of the solution; see
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["PIController", "error_ratio", "initial_step"]
+__all__ = ["PIController", "SolveOptions", "error_ratio", "initial_step"]
 
 
 def _sum_sq(xs):
@@ -122,3 +123,29 @@ def initial_step(fn, t0, y0, f0, direction, order: int, rtol, atol, span):
         (0.01 / tf.maximum(dmax, 1e-15)) ** (1.0 / (order + 1.0)),
     )
     return tf.minimum(tf.minimum(100.0 * h0, h1), span)
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveOptions:
+    """Step-control options of one solve (tensors already of the state dtype).
+
+    Attributes:
+      rtol, atol: tolerances (scalars, or tensors broadcastable to the leaves).
+      dt: fixed step (fixed-step methods), or the first step of an adaptive
+        method (``None``: automatic).
+      max_steps: static bound on attempted steps.
+      dtmin, dtmax: bounds on the step size magnitude (``None``: a few ulps
+        of ``t``, and the span).
+      controller: step-size controller (`PIController()` when None).
+    """
+
+    rtol: Any = None
+    atol: Any = None
+    dt: Any = None
+    max_steps: int = 10000
+    dtmin: Any = None
+    dtmax: Any = None
+    controller: PIController | None = None
+
+    def replace(self, **changes) -> "SolveOptions":
+        return dataclasses.replace(self, **changes)

@@ -17,7 +17,6 @@ loop state. Nothing branches in Python on a tensor value. One iteration is
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -25,36 +24,10 @@ import tensorflow as tf
 
 from ..solution import Status
 from . import dense as _dense
-from .control import PIController, initial_step
+from .control import PIController, SolveOptions, initial_step
 from .methods import SMALL_WORK, ODEMethod
 
-__all__ = ["SolveOptions", "IntegrateResult", "integrate", "Stepper", "Checkpoint", "nan_gradient_if"]
-
-
-@dataclasses.dataclass(frozen=True)
-class SolveOptions:
-    """Step-control options of one solve (tensors already of the state dtype).
-
-    Attributes:
-      rtol, atol: tolerances (scalars, or tensors broadcastable to the leaves).
-      dt: fixed step (fixed-step methods), or the first step of an adaptive
-        method (``None``: automatic).
-      max_steps: static bound on attempted steps.
-      dtmin, dtmax: bounds on the step size magnitude (``None``: a few ulps
-        of ``t``, and the span).
-      controller: step-size controller (`PIController()` when None).
-    """
-
-    rtol: Any = None
-    atol: Any = None
-    dt: Any = None
-    max_steps: int = 10000
-    dtmin: Any = None
-    dtmax: Any = None
-    controller: PIController | None = None
-
-    def replace(self, **changes) -> "SolveOptions":
-        return dataclasses.replace(self, **changes)
+__all__ = ["IntegrateResult", "integrate", "Stepper", "Checkpoint", "nan_gradient_if"]
 
 
 class IntegrateResult(NamedTuple):

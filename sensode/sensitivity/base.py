@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 from ..derivatives import map_batch
-from ..ode.loop import SolveOptions, integrate
+from ..ode.control import SolveOptions
+from ..ode.loop import integrate
 from ..ode.methods import ODEMethod
 from ..params import Params, find_variables
 from ..solution import Status, raise_if_failed

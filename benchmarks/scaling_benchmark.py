@@ -1,0 +1,156 @@
+"""Scaling benchmark: costs that follow the work done, not static bounds (issue 12).
+
+Prints JSON lines; nothing here asserts a time. Every figure is a ratio of two
+timings measured in the same run (medians of ``--reps`` calls after a warm-up),
+so that a loaded machine moves both sides alike. The machine's load average is
+printed with the results.
+
+Cases:
+
+* ``max_steps``: `DiscreteAdjoint` gradient of the neural ODE
+  (`sensode.models.neural_ode_mlp`, batch 512, t in [0, 1], rtol 1e-3) and of
+  Lotka--Volterra, with a tight ``max_steps`` and with 20x that. Target: the
+  loose bound costs at most 1.5x the tight one.
+* ``span_memory``: `DiscreteAdjoint` peak memory (TF's CPU allocator, which
+  needs ``TF_CPU_ALLOCATOR_USE_BFC=true``, set here before TensorFlow loads)
+  of Lotka--Volterra with t1 = 10 and t1 = 1000 (``max_steps`` 100x the span).
+  Target: at most 4x.
+* ``steps``: `InterpolatingAdjoint` and `QuadratureAdjoint` gradients of
+  Lotka--Volterra (101 saves) on t1 = 100 and t1 = 1000 (10x the steps).
+  Target: at most 13x the time.
+* ``eager``: a second eager call of `sensode.solve` (compiled and cached
+  internally) against an explicit ``tf.function(jit_compile=True)`` of the
+  same solve. Target: at most 3x.
+
+Usage::
+
+  python benchmarks/scaling_benchmark.py             # all cases, --reps=5
+  python benchmarks/scaling_benchmark.py --cases=eager,max_steps
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # get_memory_info on CPU
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import sensode as sd  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("cases", ["max_steps", "span_memory", "steps", "eager"], "Cases to run.")
+flags.DEFINE_integer("reps", 5, "Timed calls per measurement (median).")
+
+
+def _median_ms(fn, *args, reps):
+    fn(*args)  # warm-up: tracing and compilation
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn(*args)
+        tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, out)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)) * 1e3
+
+
+def _grad_fn(prob, sensealg, saveat, max_steps, rtol, atol, loss="final"):
+    @tf.function(jit_compile=True)
+    def grad(p):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            sol = sd.solve(prob.remake(p=p), sd.DP5(), saveat=saveat, rtol=rtol, atol=atol, max_steps=max_steps,
+                           sensealg=sensealg)
+            u = sol.u[-1] if loss == "final" else sol.u
+            value = tf.reduce_mean(u ** 2)
+        return tape.gradient(value, p), sol.stats["steps"], sol.status
+
+    return grad
+
+
+def _emit(**row):
+    row["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(row), flush=True)
+
+
+def case_max_steps(reps):
+    nn = sd.models.neural_ode_mlp()
+    lv = sd.models.lotka_volterra()
+    ts_lv = tf.linspace(tf.constant(0.0, tf.float64), 10.0, 101)
+    for name, prob, saveat, tight, rtol, atol in (
+        ("neural_ode_mlp", nn, None, 16, 1e-3, 1e-6),
+        ("lotka_volterra", lv, ts_lv, 200, 1e-6, 1e-8),
+    ):
+        out = {}
+        for label, ms in (("tight", tight), ("loose_20x", 20 * tight)):
+            fn = _grad_fn(prob, sd.DiscreteAdjoint(), saveat, ms, rtol, atol, loss="all")
+            _, steps, status = fn(prob.p)
+            out[label] = _median_ms(fn, prob.p, reps=reps)
+            out[label + "_steps"] = int(steps)
+            assert int(status) == 0, (name, label, int(status))
+        _emit(case="max_steps", problem=name, alg="DiscreteAdjoint", tight_max_steps=tight, tight_ms=out["tight"],
+              loose_ms=out["loose_20x"], ratio=round(out["loose_20x"] / out["tight"], 3), steps=out["tight_steps"],
+              target="<= 1.5")
+
+
+def case_span_memory(reps):
+    del reps
+    peaks = {}
+    for t1 in (10.0, 1000.0):
+        prob = sd.models.lotka_volterra(tspan=(0.0, t1))
+        fn = _grad_fn(prob, sd.DiscreteAdjoint(), None, int(100 * t1), 1e-6, 1e-8)
+        fn(prob.p)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        _, steps, _ = fn(prob.p)
+        peaks[t1] = (tf.config.experimental.get_memory_info("CPU:0")["peak"] / 2**20, int(steps))
+    _emit(case="span_memory", problem="lotka_volterra", alg="DiscreteAdjoint", peak_mb_t10=round(peaks[10.0][0], 3),
+          peak_mb_t1000=round(peaks[1000.0][0], 3), steps_t10=peaks[10.0][1], steps_t1000=peaks[1000.0][1],
+          ratio=round(peaks[1000.0][0] / max(peaks[10.0][0], 1e-9), 3), target="<= 4")
+
+
+def case_steps(reps):
+    for alg in (sd.InterpolatingAdjoint(), sd.QuadratureAdjoint(), sd.BacksolveAdjoint()):
+        out = {}
+        for t1 in (100.0, 1000.0):
+            prob = sd.models.lotka_volterra(tspan=(0.0, t1))
+            ts = tf.linspace(tf.constant(0.0, tf.float64), t1, 101)
+            fn = _grad_fn(prob, alg, ts, int(40 * t1), 1e-6, 1e-8, loss="all")
+            _, steps, status = fn(prob.p)
+            out[t1] = (_median_ms(fn, prob.p, reps=reps), int(steps), int(status))
+        _emit(case="steps", problem="lotka_volterra", alg=type(alg).__name__, ms_t100=round(out[100.0][0], 3),
+              ms_t1000=round(out[1000.0][0], 3), steps_t100=out[100.0][1], steps_t1000=out[1000.0][1],
+              time_ratio=round(out[1000.0][0] / out[100.0][0], 3),
+              step_ratio=round(out[1000.0][1] / out[100.0][1], 3), target="time_ratio <= 13")
+
+
+def case_eager(reps):
+    prob = sd.models.lotka_volterra()
+    ts = tf.linspace(tf.constant(0.0, tf.float64), 10.0, 101)
+
+    def eager(p):
+        return sd.solve(prob.remake(p=p), sd.DP5(), saveat=ts, rtol=1e-6, atol=1e-8).u
+
+    explicit = tf.function(eager, jit_compile=True)
+    t = time.perf_counter()
+    eager(prob.p)
+    first = time.perf_counter() - t
+    e_ms = _median_ms(eager, prob.p, reps=reps)
+    x_ms = _median_ms(explicit, prob.p, reps=reps)
+    _emit(case="eager", problem="lotka_volterra", first_call_s=round(first, 2), eager_ms=round(e_ms, 3),
+          xla_ms=round(x_ms, 3), ratio=round(e_ms / x_ms, 3), target="<= 3")
+
+
+def main(argv):
+    del argv
+    _emit(benchmark="scaling", sensode=sd.__version__, tensorflow=tf.__version__, cpus=os.cpu_count())
+    for name in FLAGS.cases:
+        globals()["case_" + name](FLAGS.reps)
+
+
+if __name__ == "__main__":
+    app.run(main)
