@@ -154,6 +154,16 @@ class NonlinearSolution(_HasStatus):
     alg: Any = None
     du_dp: Any = None
 
+    # Returnable from a tf.function, like ODESolution.
+    def __tf_flatten__(self):
+        return (self.prob, self.alg), (self.u, self.resid_norm, self.iterations, self.status, self.du_dp)
+
+    @classmethod
+    def __tf_unflatten__(cls, metadata, components):
+        u, resid_norm, iterations, status, du_dp = components
+        return cls(u=u, resid_norm=resid_norm, iterations=iterations, status=status, prob=metadata[0],
+                   alg=metadata[1], du_dp=du_dp)
+
     def summary(self) -> str:
         """A short multi-line description (eager mode)."""
         alg = type(self.alg).__name__ if self.alg is not None else "?"

@@ -1,13 +1,15 @@
 """The private TensorFlow APIs sensode depends on, each wrapped once, with why.
 
-TensorFlow has no public way to ask either question below. Each helper
+TensorFlow has no public API for any of the needs below. Each helper
 degrades safely if a TensorFlow release moves the private symbol: it then
 gives the answer that is always correct, only slower.
 """
 
 from __future__ import annotations
 
-__all__ = ["gradient_may_be_recorded", "in_xla_context"]
+import contextlib
+
+__all__ = ["gradient_may_be_recorded", "in_xla_context", "stop_recording"]
 
 
 def gradient_may_be_recorded() -> bool:
@@ -39,3 +41,20 @@ def in_xla_context(graph) -> bool:
         return True
     fn = getattr(control_flow_util, "GraphOrParentsInXlaContext", None)
     return True if fn is None else bool(fn(graph))
+
+
+def stop_recording():
+    """A context in which no `tf.GradientTape` records operations.
+
+    Used to run a traced nonlinear solve eagerly without the caller's tapes
+    building a gradient of the whole loop (the implicit adjoint replaces it).
+    `tf.GradientTape.stop_recording` pauses one tape the caller holds; there
+    is no public way to pause every active tape. Fallback: no pause (correct,
+    and then the caller's tape records the loop, which costs memory).
+    """
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    fn = getattr(record, "stop_recording", None)
+    return contextlib.nullcontext() if fn is None else fn()

@@ -28,9 +28,11 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from .. import tfcompat
 from .. import validation as _v
 from .linsolve import LU, JacobianOperator, LinearSolver
 from .methods import NewtonRaphson, NonlinearAlgorithm
+from ..params import is_differentiable
 from ..problems import NonlinearProblem, SteadyStateProblem
 from ..sensitivity.discrete import DiscreteAdjoint
 from ..sensitivity.forward import ForwardSensitivity
@@ -64,10 +66,6 @@ def _graph_if_eager(fn):
     """
     if not tf.executing_eagerly():
         return fn
-    try:
-        from tensorflow.python.eager import record  # private: no public "pause every tape"
-    except ImportError:  # pragma: no cover - depends on the TF release; eager loops still work
-        return fn
     graph_fn = tf.function(fn, autograph=False)
 
     def call(*args):
@@ -78,14 +76,10 @@ def _graph_if_eager(fn):
         # (there is none for Lu, and none is needed: the implicit adjoint
         # replaces it). Variable reads still reach tf.custom_gradient's
         # watcher, which hands them to `grad`.
-        with record.stop_recording():
+        with tfcompat.stop_recording():
             return graph_fn(*args)
 
     return call
-
-
-def _is_float_leaf(x) -> bool:
-    return (tf.is_tensor(x) or isinstance(x, (tf.Variable, np.ndarray))) and tf.as_dtype(x.dtype).is_floating
 
 
 def solve_nonlinear(
@@ -180,7 +174,7 @@ def solve_nonlinear(
     canon = [nb, n]
 
     leaves = tf.nest.flatten(prob.p)
-    diff_idx = [i for i, x in enumerate(leaves) if _is_float_leaf(x)]
+    diff_idx = [i for i, x in enumerate(leaves) if is_differentiable(x)]
     # Reading a variable leaf here puts the read on the caller's tape, so its
     # gradient flows back to the variable through the custom gradient below.
     diff_leaves = [tf.convert_to_tensor(leaves[i], dtype) for i in diff_idx]

@@ -56,21 +56,26 @@ def write_record(rec: Record, idx, t_end, h, y: list, rows: list) -> Record:
     )
 
 
-def _step_index(starts, count, t):
-    """Index of the step containing each ``t``: ``searchsorted(starts[:count], t, 'right') - 1``.
+def _step_index(t_buf, count, t, direction):
+    """Index of the recorded step containing each ``t`` (binary search).
 
-    A binary search of ``ceil(log2(n + 1))`` gathers, unrolled. `tf.searchsorted`
-    compares against the whole buffer under XLA (measured: +13 µs per lookup
-    at 10,000 entries, +72 µs at 100,000), and the adjoints look up the
-    forward record at every backward stage: the cost per backward step must
-    not grow with ``max_steps``.
+    The steps start at ``t_buf[0..count-1]`` (monotone in ``direction``);
+    returns ``searchsorted(direction * starts, direction * t, 'right') - 1``.
+    ``ceil(log2(n + 1))`` gathers, unrolled, touching only the entries they
+    read: `tf.searchsorted` compares against the whole buffer under XLA
+    (measured: +13 µs per lookup at 10,000 entries, +72 µs at 100,000), and
+    so would any operation on the whole buffer here (XLA does not hoist it
+    out of the backward loop). The adjoints look up the forward record at
+    every backward stage; the cost per backward step must not grow with
+    ``max_steps``.
     """
-    n = starts.shape[0]
+    n = t_buf.shape[0] - 1  # the buffer holds the step boundaries: n steps
     lo = tf.zeros(tf.shape(t), tf.int32)
     hi = tf.fill(tf.shape(t), count)
+    key = direction * t
     for _ in range(max(1, int(n).bit_length())):
         mid = (lo + hi) // 2
-        right = (tf.gather(starts, tf.minimum(mid, n - 1)) <= t) & (mid < hi)
+        right = (direction * tf.gather(t_buf, tf.minimum(mid, n - 1)) <= key) & (mid < hi)
         lo = tf.where(right, mid + 1, lo)
         hi = tf.where(right, hi, mid)
     return lo - 1
@@ -83,8 +88,7 @@ def interpolate(method, rec: Record, t, direction) -> list:
     accepted step that contains it (binary search over the step start times).
     """
     n = tf.maximum(rec.count, 1)
-    starts = direction * rec.t[:-1]  # increasing in the integration direction (valid part)
-    idx = tf.clip_by_value(_step_index(starts, rec.count, direction * t), 0, n - 1)
+    idx = tf.clip_by_value(_step_index(rec.t, rec.count, t, direction), 0, n - 1)
     t_i = tf.gather(rec.t, idx)
     h_i = tf.gather(rec.h, idx)
     theta = tf.clip_by_value((t - t_i) / h_i, 0.0, 1.0)

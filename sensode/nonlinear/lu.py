@@ -1,0 +1,182 @@
+"""Dense LU: one factorisation serving ``A x = b`` and ``A^T x = b``, with a condition estimate.
+
+See `sensode.nonlinear.linsolve` (the public module) for the design.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from .. import tfcompat
+from .operators import LinearSolver, LinearSolveResult, _eps
+
+__all__ = ["LU", "LUFactors"]
+
+def _lu_xla(a):
+    """Partial-pivoting LU in a `tf.while_loop` (TF has no XLA kernel for ``Lu`` on CPU).
+
+    Returns ``(lu, perm)`` with the convention of `tf.linalg.lu`:
+    ``a[..., perm, :] = L U``. Zero pivots are replaced by 1 for the
+    elimination; the caller detects them from the diagonal of ``U``.
+    """
+    n = a.shape[-1]
+    rows = tf.range(n)
+    perm0 = tf.broadcast_to(rows, tf.shape(a)[:-1])
+
+    def body(k, a, perm):
+        col = tf.gather(a, k, axis=-1)  # [B, n]
+        cand = tf.where(rows >= k, tf.abs(col), -tf.ones_like(col))
+        p = tf.argmax(cand, axis=-1, output_type=tf.int32)  # [B]
+        idx = tf.where(rows == k, p[:, None], tf.where(rows == p[:, None], k, rows))
+        a = tf.gather(a, idx, batch_dims=1)
+        perm = tf.gather(perm, idx, batch_dims=1)
+        pivot = tf.gather(tf.gather(a, k, axis=-1), k, axis=-1)  # [B]
+        pivot = tf.where(tf.equal(pivot, 0), tf.ones_like(pivot), pivot)
+        below = rows > k
+        l = tf.where(below, tf.gather(a, k, axis=-1) / pivot[:, None], tf.zeros_like(col))  # [B, n]
+        urow = tf.where(below, tf.gather(a, k, axis=-2), tf.zeros_like(col))  # row k right of k
+        a = a - l[:, :, None] * urow[:, None, :]
+        a = tf.where(below[:, None] & tf.equal(rows, k)[None, :], l[:, :, None], a)
+        return k + 1, a, perm
+
+    _, lu, perm = tf.while_loop(lambda k, a, p: k < n, body, (0, a, perm0), maximum_iterations=n)
+    return lu, perm
+
+
+class LUFactors(NamedTuple):
+    """`LU.factor`'s result: ``a[perm] = L U`` (packed in ``lu``), per system."""
+
+    lu: tf.Tensor  # [B, n, n]
+    perm: tf.Tensor  # [B, n]
+    singular: tf.Tensor  # [B] bool: rcond <= LU.rcond_threshold, zero or non-finite A
+    rcond: tf.Tensor  # [B] estimate of 1 / cond_1(A), 0 where singular
+
+
+def _inv_norm1_estimate(solve, zeros):
+    """Lower bound on ``||A^{-1}||_1`` per system from a few solves (Hager, Higham).
+
+    ``solve(x, transpose)`` applies ``A^{-1}`` or ``A^{-T}`` to ``[B, n]``;
+    ``zeros`` is a ``[B, n]`` template. Hager's iteration on the unit
+    1-norm ball for a fixed number of steps (no data-dependent loop), plus
+    Higham's alternating-sign vector for the matrices it misses: the estimate
+    is usually within a factor 3 of the true norm.
+    """
+    n = zeros.shape[-1]
+    x = zeros + 1.0 / n
+    best = tf.zeros_like(zeros[:, 0])
+    for _ in range(3):
+        y = solve(x, False)
+        best = tf.maximum(best, tf.reduce_sum(tf.abs(y), axis=-1))
+        z = solve(tf.where(y >= 0, tf.ones_like(y), -tf.ones_like(y)), True)
+        x = tf.one_hot(tf.argmax(tf.abs(z), axis=-1), n, dtype=zeros.dtype)
+    i = np.arange(n)
+    alt = (1.0 + i / max(n - 1, 1)) * np.where(i % 2 == 0, 1.0, -1.0)
+    alt_est = 2.0 * tf.reduce_sum(tf.abs(solve(zeros + alt.astype(zeros.dtype.as_numpy_dtype), False)), axis=-1)
+    return tf.maximum(best, alt_est / (3.0 * n))
+
+
+@dataclasses.dataclass(frozen=True)
+class LU(LinearSolver):
+    """Dense LU with partial pivoting on the explicit (batched) matrix.
+
+    One factorisation serves ``A x = b`` and ``A^T x = b``. Cost ``O(n^3)``
+    time and ``O(n^2)`` memory per system: the choice up to ``n`` of a few
+    thousand, and whenever the Jacobian is small or badly conditioned (no
+    iteration count to tune). The Jacobian is formed with `batch_jacobian`,
+    ``n`` reverse passes per system.
+
+    Singularity. TF's ``Lu`` kernel raises on an exactly zero pivot, which a
+    graph cannot catch. So we factor ``A_s = A + s I`` with
+    ``s = eps * max|A|``, a perturbation of the size of LU's own backward
+    error. The test must see through that shift: a singular ``A`` gives
+    ``sigma_min(A_s) <= s``, i.e. ``rcond_1(A_s) <~ sqrt(n) eps``, however
+    large the pivots the shift leaves. So the test is a condition estimate,
+    not a pivot threshold: a system is reported singular
+    (``converged = False``, ``x`` NaN) when the estimated reciprocal
+    condition number ``1 / (||A_s||_1 ||A_s^{-1}||_1)`` is at most
+    `rcond_threshold` ``= 16 sqrt(n) eps`` (numerically singular: a
+    relative perturbation of that size makes it singular), when ``A`` is
+    zero, or when ``A`` is not finite. The estimate costs a few triangular
+    solves, ``O(n^2)``. Under XLA (``jit_compile=True``), where TF has no
+    ``Lu`` kernel on CPU, the same factorisation runs as a `tf.while_loop` of
+    rank-1 updates: correct but slower for large ``n``.
+
+    References: Golub & Van Loan, Matrix Computations, 4th ed., Sec. 3.4 and
+    3.5.4 (condition estimation); N. J. Higham, ACM TOMS 14(4), 1988
+    (the 1-norm estimator of LAPACK's ``xGECON``).
+    """
+
+    direct = True
+
+    @staticmethod
+    def rcond_threshold(n: int, dtype) -> float:
+        """Systems with estimated ``rcond_1`` at or below this are singular."""
+        return 16.0 * float(np.sqrt(n)) * _eps(dtype)
+
+    def factor(self, a) -> LUFactors:
+        """Factor a ``[B, n, n]`` matrix; see `LUFactors`."""
+        n = a.shape[-1]
+        eps = _eps(a.dtype)
+        finite = tf.reduce_all(tf.math.is_finite(a), axis=[-2, -1])
+        a = tf.where(finite[:, None, None], a, tf.eye(n, batch_shape=[1], dtype=a.dtype))
+        scale = tf.reduce_max(tf.abs(a), axis=[-2, -1])  # [B]
+        shift = eps * scale + np.finfo(a.dtype.as_numpy_dtype).tiny
+        a_shifted = a + shift[:, None, None] * tf.eye(n, dtype=a.dtype)
+        if tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+            lu, perm = _lu_xla(a_shifted)
+        else:
+            lu, perm = tf.linalg.lu(a_shifted)
+        no = tf.zeros_like(finite)
+        raw = LUFactors(lu, perm, no, tf.ones_like(scale))
+
+        def solve(x, transpose):
+            return self._substitute(raw, x[..., None], transpose)[..., 0]
+
+        inv_norm = _inv_norm1_estimate(solve, tf.zeros_like(a[..., 0]))
+        a_norm = tf.reduce_max(tf.reduce_sum(tf.abs(a_shifted), axis=-2), axis=-1)
+        rcond = 1.0 / (a_norm * inv_norm)  # 0 when a solve overflowed; NaN fails the test below
+        singular = ~(rcond > self.rcond_threshold(n, a.dtype)) | ~finite | tf.equal(scale, 0)
+        rcond = tf.where(singular, tf.zeros_like(rcond), rcond)
+        return LUFactors(lu, perm, singular, rcond)
+
+    @staticmethod
+    def _substitute(factors, rhs, transpose):
+        """Triangular solves with the packed factors; ``rhs`` is ``[B, n, k]``."""
+        lu, perm = factors.lu, factors.perm
+        n = lu.shape[-1]
+        lower = tf.linalg.band_part(lu, -1, 0) - tf.linalg.diag(tf.linalg.diag_part(lu)) + tf.eye(n, dtype=lu.dtype)
+        upper = tf.linalg.band_part(lu, 0, -1)
+        if not transpose:  # A[perm] = L U
+            y = tf.linalg.triangular_solve(lower, tf.gather(rhs, perm, batch_dims=1), lower=True)
+            return tf.linalg.triangular_solve(upper, y, lower=False)
+        # A^T = U^T L^T P
+        z = tf.linalg.triangular_solve(upper, rhs, lower=False, adjoint=True)
+        w = tf.linalg.triangular_solve(lower, z, lower=True, adjoint=True)
+        return tf.gather(w, tf.argsort(perm, axis=-1), batch_dims=1)
+
+    def solve_factored(self, factors: LUFactors, b, *, transpose: bool = False) -> LinearSolveResult:
+        """Solve with the factors of `factor`; ``b`` is ``[B, n]`` or ``[B, n, k]``.
+
+        A singular system's ``x`` is NaN (there is no solution to report).
+        """
+        vec = b.shape.rank == 2
+        x = self._substitute(factors, b[..., None] if vec else b, transpose)
+        x = x[..., 0] if vec else x
+        axes = [-1] if vec else [-2, -1]
+        ok = ~factors.singular & tf.reduce_all(tf.math.is_finite(x), axis=axes)
+        nan = tf.constant(np.nan, b.dtype)
+        x = tf.where(tf.reshape(ok, [-1] + [1] * (x.shape.rank - 1)), x, nan)
+        zero = tf.zeros_like(ok, dtype=b.dtype)
+        return LinearSolveResult(
+            x=x,
+            converged=ok,
+            iterations=tf.constant(0, tf.int32),
+            residual_norm=tf.where(ok, zero, tf.constant(np.inf, b.dtype)),
+        )
+
+    def solve(self, operator, b, *, transpose: bool = False) -> LinearSolveResult:
+        return self.solve_factored(self.factor(operator.dense()), b, transpose=transpose)
