@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from ..params import is_differentiable
 from ..params import leaves as p_leaves
 from ..problems import ODEProblem
 from ..api import forward_sensitivities, solve
@@ -192,7 +193,7 @@ class Objective:
         # What is fitted: u0 first, then the floating leaves of p.
         leaves = p_leaves(prob.p)
         self.leaves = leaves
-        self.float_idx = [i for i, x in enumerate(leaves) if tf.is_tensor(x) and x.dtype.is_floating]
+        self.float_idx = [i for i, x in enumerate(leaves) if is_differentiable(x)]
         self.fit_u0 = fit_u0
         parts, names, pos = [], [], []
         if fit_u0:
