@@ -13,7 +13,9 @@ know nothing of ODEs; `ensemble` runs solves; `analysis` joins them;
 ``python -m sensode.gsa`` is the command line.
 """
 
+from . import plotting
 from .analysis import DEFAULT_RANGES, OUTPUTS, ODEModel, dgsm, model_space, morris, named_output, sobol
+from .distributed import solve_ensemble_distributed
 from .ensemble import EnsembleSolution, solve_ensemble
 from .estimators import DGSMResult, MorrisResult, SobolResult, dgsm_indices, morris_indices, sobol_indices
 from .sampling import MorrisDesign, ParameterSpace, SaltelliDesign, morris_trajectories, saltelli, uniform
@@ -40,5 +42,6 @@ __all__ = [
     "sobol",
     "sobol_indices",
     "solve_ensemble",
+    "solve_ensemble_distributed",
     "uniform",
 ]

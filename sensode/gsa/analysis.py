@@ -117,21 +117,28 @@ class ODEModel:
         self.failed = 0  # samples whose solve failed in the last call
 
     def _values(self, theta):
-        if self.inputs is None:
-            u0, p = None, theta
+        if self.inputs is None:  # theta is p, reshaped to p's shape
+            u0, p = None, tf.reshape(theta, tf.concat([[-1], tf.shape(self.prob.p)], 0))
         else:
             u0, p = self.inputs(theta)
         sol = solve_ensemble(self.prob, u0, p, throw=False, **self.solve_options)
         return tf.cast(self.output(sol.t, sol.u), tf.float64), sol.status
 
     def _values_and_grads(self, theta):
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(theta)
-            y, status = self._values(theta)
-        if y.shape.rank == 1:
-            g = tape.gradient(tf.reduce_sum(y), theta)
-        else:  # one backward pass per output entry (K static)
-            g = tf.stack([tape.gradient(tf.reduce_sum(y[:, k]), theta) for k in range(y.shape[1])], axis=-1)
+        # Samples are independent: the gradient of the batch sum is the
+        # per-sample gradient. No persistent tape: the ensemble's custom
+        # gradient serves one backward pass, so a time-resolved output ([B, K])
+        # repeats the solve once per entry (K forward and backward passes).
+        def one(k):
+            with tf.GradientTape() as tape:
+                tape.watch(theta)
+                y, status = self._values(theta)
+                target = tf.reduce_sum(y if k is None else y[:, k])
+            return y, tape.gradient(target, theta), status
+
+        y, g, status = one(None if self._out_rank == 1 else 0)
+        if self._out_rank > 1:
+            g = tf.stack([g] + [one(k)[1] for k in range(1, y.shape[1])], axis=-1)
         return y, tf.cast(g, tf.float64), status
 
     def _run(self, fn, theta):
@@ -165,6 +172,8 @@ class ODEModel:
 
     def value_and_grad(self, theta):
         """``(y [N, *out], dy/dtheta [N, D, *out])``."""
+        if not hasattr(self, "_out_rank"):
+            self._out_rank = len(np.shape(self(np.asarray(theta, np.float64)[:1])))
         y, g = self._run(self._fg, theta)
         return y, g
 

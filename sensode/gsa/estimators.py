@@ -175,7 +175,8 @@ def sobol_indices(y_a, y_b, y_ab, *, names=None, num_resamples=200, conf_level=0
     ``S1_i = mean(f(B) (f(AB_i) - f(A))) / V`` (Saltelli et al. 2010, the
     estimator of their table 2 (b)) and
     ``ST_i = mean((f(A) - f(AB_i))^2) / (2 V)`` (Jansen 1999), with
-    ``V = var([f(A); f(B)])``.
+    ``V = var([f(A); f(B)])`` and ``f`` centred on the mean of all runs (as
+    SALib does).
 
     Args:
       y_a, y_b: ``[N, *out]`` outputs on ``A`` and ``B``.
@@ -199,8 +200,13 @@ def sobol_indices(y_a, y_b, y_ab, *, names=None, num_resamples=200, conf_level=0
     if y_ab.ndim < 2 or y_ab.shape[0] != y_a.shape[0] or y_ab.shape[2:] != y_a.shape[1:]:
         raise ValueError(f"`y_ab` must be [N, D, *out] = [{y_a.shape[0]}, D, *{y_a.shape[1:]}], got {y_ab.shape}")
     _check_resamples(num_resamples)
+    _z(conf_level)  # validates it before any work
     n, d = y_ab.shape[:2]
     rng = np.random.default_rng(seed)
+    # Centre on the mean of all runs, as SALib does: S1's estimator carries a
+    # term E[Y] mean(f(AB_i) - f(A)) whose noise grows with |E[Y]|.
+    centre = np.mean(np.concatenate([y_a, y_b, y_ab.reshape((-1,) + y_a.shape[1:])]), axis=0)
+    y_a, y_b, y_ab = y_a - centre, y_b - centre, y_ab - centre
 
     def estimate(rows):
         a, b, ab = y_a[rows], y_b[rows], y_ab[rows]
@@ -254,6 +260,7 @@ def morris_indices(x_unit, y, *, names=None, num_resamples=200, conf_level=0.95,
     if y.shape[:2] != x.shape[:2]:
         raise ValueError(f"`y` must be [r, D + 1, *out] = [{x.shape[0]}, {x.shape[1]}, ...], got {y.shape}")
     _check_resamples(num_resamples)
+    _z(conf_level)  # validates it before any work
     r, _, d = x.shape
     dx = np.diff(x, axis=1)  # [r, D, D]: step k moves one input
     moved = np.abs(dx) > 1e-12
@@ -308,6 +315,7 @@ def dgsm_indices(y, grad, bounds, *, names=None, num_resamples=200, conf_level=0
     if bounds.shape != (d, 2) or not np.all(bounds[:, 1] > bounds[:, 0]):
         raise ValueError(f"`bounds` must be [D, 2] = [{d}, 2] with lower < upper, got {bounds.tolist()}")
     _check_resamples(num_resamples)
+    _z(conf_level)  # validates it before any work
     width2 = ((bounds[:, 1] - bounds[:, 0]) ** 2).reshape((d,) + (1,) * (grad.ndim - 2))
     rng = np.random.default_rng(seed)
 

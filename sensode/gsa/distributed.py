@@ -1,0 +1,70 @@
+"""Ensembles split across devices and workers with `tf.distribute`.
+
+The batch is cut into one shard per replica; each replica runs
+`solve_ensemble` on its shard and `Strategy.gather` stacks the results in
+sample order. No scheduler of our own: `MirroredStrategy` covers the devices
+of one machine (GPUs, or logical CPUs), `MultiWorkerMirroredStrategy` several
+processes or machines (each worker must call this function with the same
+inputs; ``TF_CONFIG`` names the cluster, see ``docs/gsa.md``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .ensemble import _STAT_KEYS, EnsembleSolution, _batch_inputs, solve_ensemble
+
+__all__ = ["solve_ensemble_distributed"]
+
+
+def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> EnsembleSolution:
+    """`solve_ensemble` with the samples split across ``strategy``'s replicas.
+
+    Args:
+      strategy: a `tf.distribute.Strategy` (``MirroredStrategy``,
+        ``MultiWorkerMirroredStrategy``, ...).
+      prob, u0, p: as in `solve_ensemble` (the batch is padded to a multiple
+        of the number of replicas with copies of the last sample, then
+        trimmed).
+      **options: the keyword options of `solve_ensemble` except ``throw``:
+        failed samples have NaN rows and a non-zero status.
+
+    Returns:
+      `EnsembleSolution` (eager tensors, on the host).
+
+    Not differentiable: gradients of distributed ensembles go through
+    ``strategy.run`` of a training step of your own (see ``docs/gsa.md``).
+    """
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise TypeError(f"`strategy` must be a tf.distribute.Strategy, got {type(strategy).__name__}")
+    if "throw" in options:
+        raise TypeError("`throw` is not an option here: read the per-sample status")
+    u0b, pb = _batch_inputs(prob, u0, p)
+    leaves = [u0b.numpy()] + [x.numpy() for x in tf.nest.flatten(pb)]
+    batch = leaves[0].shape[0]
+    replicas = strategy.num_replicas_in_sync
+    shard = -(-batch // replicas)
+    pad = shard * replicas - batch
+    if pad:
+        leaves = [np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) for x in leaves]
+
+    def shard_for(ctx):
+        i = ctx.replica_id_in_sync_group
+        return [tf.constant(x[i * shard : (i + 1) * shard]) for x in leaves]
+
+    values = strategy.experimental_distribute_values_from_function(shard_for)
+
+    @tf.function(autograph=False)
+    def run(values):
+        def replica_fn(values):
+            u0s, ps = values[0], tf.nest.pack_sequence_as(pb, values[1:])
+            sol = solve_ensemble(prob, u0s, ps, throw=False, **options)
+            return (sol.u, sol.status) + tuple(sol.stats[k] for k in _STAT_KEYS), sol.t
+
+        outs, t = strategy.run(replica_fn, args=(values,))
+        return strategy.gather(outs, axis=0), strategy.experimental_local_results(t)[0]
+
+    outs, t = run(values)
+    outs = [x[:batch] for x in outs]
+    return EnsembleSolution(t=t, u=outs[0], status=outs[1], stats=dict(zip(_STAT_KEYS, outs[2:])))
