@@ -534,7 +534,7 @@ def test_default_sensealg_choices():
     alg, reason = sd.default_sensealg(sd.models.lotka_volterra())
     assert isinstance(alg, sd.ForwardSensitivity) and "2 + 4" in reason
     alg, reason = sd.default_sensealg(sd.models.neural_ode_mlp())
-    assert isinstance(alg, sd.InterpolatingAdjoint) and ">" in reason
+    assert isinstance(alg, sd.DiscreteAdjoint) and ">" in reason
 
 
 @pytest.mark.parametrize("k", [2, 4])

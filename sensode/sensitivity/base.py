@@ -93,6 +93,10 @@ class Gradients(NamedTuple):
 class SensitivityAlgorithm:
     """Base class of the ODE sensitivity algorithms (see the module docstring)."""
 
+    # Does `forward` cost no more than the plain solve? Then `sensealg=None`
+    # runs it directly instead of repeating the solve when a gradient is asked.
+    forward_costs_a_plain_solve = False
+
     def forward(self, spec: Spec, u0, ts, t0, t1, p, variables) -> ForwardPass:
         raise NotImplementedError
 

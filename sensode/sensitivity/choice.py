@@ -13,7 +13,6 @@ from ..params import Params, find_variables
 from .base import ForwardPass, SensitivityAlgorithm, differentiable
 from .discrete import DiscreteAdjoint
 from .forward import ForwardSensitivity
-from .interpolating import InterpolatingAdjoint
 
 __all__ = ["default_sensealg", "solve_on_demand", "FORWARD_MODE_LIMIT"]
 
@@ -25,8 +24,12 @@ def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
     """The automatic choice for ``sensealg=None`` and the reason for it.
 
     Forward sensitivities while ``len(u0) + len(p)`` (variables read by ``f``
-    included) is at most 100; above that `InterpolatingAdjoint`, the stable
-    continuous adjoint, as SciMLSensitivity.jl does.
+    included) is at most 100 (SciMLSensitivity.jl's threshold); above that
+    `DiscreteAdjoint`: the exact gradient of the computed solution, whose cost
+    follows the steps taken (chunked re-runs) and which was the fastest reverse
+    mode measured on the neural ODE (28 ms against 50 ms for
+    `InterpolatingAdjoint`, XLA, interleaved runs), as backprop is diffrax's
+    default.
 
     Args:
       prob: an `ODEProblem`.
@@ -41,9 +44,10 @@ def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
         return ForwardSensitivity(), (
             f"len(u0) + len(p) = {n_u} + {n_p} <= {FORWARD_MODE_LIMIT}: forward sensitivities are cheapest"
         )
-    return InterpolatingAdjoint(), (
-        f"len(u0) + len(p) = {n_u} + {n_p} > {FORWARD_MODE_LIMIT}: an adjoint scales with one backward solve; "
-        "the interpolating adjoint is stable where backsolve is not"
+    return DiscreteAdjoint(), (
+        f"len(u0) + len(p) = {n_u} + {n_p} > {FORWARD_MODE_LIMIT}: reverse mode costs one backward sweep whatever "
+        "the number of parameters; the discrete adjoint is exact for the computed solution and its cost follows "
+        "the steps taken"
     )
 
 
@@ -76,10 +80,13 @@ def solve_on_demand(prob, spec, u0, ts, t0, t1):
     """The solve of ``sensealg=None``: ``(u, stats, status)``.
 
     Eagerly with no tape recording, nothing will differentiate the solve: the
-    plain loop. Otherwise the plain loop forward, and `default_sensealg`'s
-    choice only if a gradient is requested.
+    plain loop. Otherwise `default_sensealg`'s choice, whose forward pass runs
+    only when a gradient is requested unless it costs no more than the plain
+    loop anyway.
     """
     if tf.executing_eagerly() and not tfcompat.gradient_may_be_recorded():
         return DiscreteAdjoint().solve(spec, u0, ts, t0, t1, prob.p)
     chosen, _ = default_sensealg(prob)
+    if chosen.forward_costs_a_plain_solve:
+        return chosen.solve(spec, u0, ts, t0, t1, prob.p)
     return differentiable(spec, _OnDemand(chosen), u0, ts, t0, t1, prob.p)

@@ -83,6 +83,8 @@ class DiscreteAdjoint(SensitivityAlgorithm):
     checkpoints: int | None = None
     linsolve: Any = None
 
+    forward_costs_a_plain_solve = True  # it only keeps a few loop states
+
     def __post_init__(self):
         check_checkpoints(self.checkpoints)
 
