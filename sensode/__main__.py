@@ -52,7 +52,7 @@ _COLUMN_NAMES = {
 }
 
 
-def _method(name: str) -> sensode.ExplicitRK:
+def _method(name: str) -> sensode.ode.methods.ODEMethod:
     try:
         return METHODS[name.lower()]()
     except KeyError:

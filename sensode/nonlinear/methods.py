@@ -39,7 +39,7 @@ import tensorflow as tf
 from .linsolve import GMRES, LU, JacobianOperator, LinearSolver
 from ..ode.loop import SolveOptions, integrate
 from ..solution import Status
-from ..ode.methods import ExplicitRK, Tsit5
+from ..ode.methods import ODEMethod, Tsit5
 
 __all__ = [
     "NonlinearResult",
@@ -410,7 +410,7 @@ class DynamicSS(NonlinearAlgorithm):
     References: SciML SteadyStateDiffEq.jl (``DynamicSS``).
     """
 
-    alg: ExplicitRK = dataclasses.field(default_factory=Tsit5)
+    alg: ODEMethod = dataclasses.field(default_factory=Tsit5)
     rtol: float | None = None
     atol: float | None = None
     t_first: float = 1.0
@@ -419,7 +419,7 @@ class DynamicSS(NonlinearAlgorithm):
     needs_rhs = True
 
     def __post_init__(self):
-        if not isinstance(self.alg, ExplicitRK) or not self.alg.adaptive:
+        if not isinstance(self.alg, ODEMethod) or not self.alg.adaptive:
             raise TypeError(f"`alg` must be an adaptive ODE method such as sensode.Tsit5(), got {self.alg!r}")
         for name in ("rtol", "atol"):
             if getattr(self, name) is not None:
