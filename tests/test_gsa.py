@@ -254,8 +254,11 @@ def test_ensemble_gradients_match_single_solves(sensealg):
             t2.watch(pi)
             ref = sd.solve(sd.ODEProblem(LV.f, LV.u0, LV.tspan, pi), sd.Tsit5(), sensealg=sensealg, **OPTS)
             l2 = tf.reduce_sum(ref.u[-1] ** 2)
-        # The same algorithm on the single solve: equal to rounding.
-        np.testing.assert_allclose(grad[i], t2.gradient(l2, pi), rtol=1e-8)
+        # The same algorithm on the single solve: equal to rounding, except that
+        # ForwardSensitivity's single solve steps under the error control of its
+        # sensitivities, so its u (and the loss's cotangent) differ at rtol level.
+        rtol = 1e-4 if isinstance(sensealg, sd.ForwardSensitivity) else 1e-8
+        np.testing.assert_allclose(grad[i], t2.gradient(l2, pi), rtol=rtol)
 
 
 def test_shared_stepping_one_step_count():
@@ -347,7 +350,8 @@ def test_cli_sobol_json(tmp_path):
 
     data = json.loads(out.read_text())
     assert data["method"] == "sobol" and data["result"]["names"] == ["k"]
-    assert abs(data["result"]["S1"][0] - 1.0) < 1e-6  # one input explains everything
+    # One input explains everything: both indices near 1 (estimators, not identities).
+    assert abs(data["result"]["S1"][0] - 1.0) < 0.05 and abs(data["result"]["ST"][0] - 1.0) < 0.05
     assert "k" in proc.stdout
 
 

@@ -62,9 +62,15 @@ def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> En
             sol = solve_ensemble(prob, u0s, ps, throw=False, **options)
             return (sol.u, sol.status) + tuple(sol.stats[k] for k in _STAT_KEYS), sol.t
 
-        outs, t = strategy.run(replica_fn, args=(values,))
-        return strategy.gather(outs, axis=0), strategy.experimental_local_results(t)[0]
+        return strategy.run(replica_fn, args=(values,))
 
     outs, t = run(values)
+    t = strategy.experimental_local_results(t)[0]
+    local = [strategy.experimental_local_results(x) for x in outs]
+    if sum(int(part.shape[0]) for part in local[0]) == shard * replicas:
+        # Every replica is local (one machine): stack the shards in replica order.
+        outs = [tf.concat([tf.identity(part) for part in parts], axis=0) for parts in local]
+    else:  # several workers: all-gather across them
+        outs = [strategy.gather(x, axis=0) for x in outs]
     outs = [x[:batch] for x in outs]
     return EnsembleSolution(t=t, u=outs[0], status=outs[1], stats=dict(zip(_STAT_KEYS, outs[2:])))
