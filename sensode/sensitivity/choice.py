@@ -85,7 +85,8 @@ def solve_on_demand(prob, spec, u0, ts, t0, t1):
     loop anyway.
     """
     if tf.executing_eagerly() and not tfcompat.gradient_may_be_recorded():
-        return DiscreteAdjoint().solve(spec, u0, ts, t0, t1, prob.p)
+        res = spec.solve_plain(u0, ts, t0, t1, prob.p)
+        return res.ys, res.stats, res.status
     chosen, _ = default_sensealg(prob)
     if chosen.forward_costs_a_plain_solve:
         return chosen.solve(spec, u0, ts, t0, t1, prob.p)
