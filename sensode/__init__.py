@@ -26,6 +26,9 @@ from .nonlinear.implicit import solve_nonlinear
 from .nonlinear.methods import AndersonAcceleration, DynamicSS, NewtonKrylov, NewtonRaphson
 from .ode.control import PIController
 from .ode.methods import BS3, DP5, DP8, RK4, Euler, ExplicitRK, Heun, Midpoint, Tsit5
+from .ode.rosenbrock import Rodas5, Rosenbrock23
+from .ode.sdirk import Kvaerno5
+from .ode.auto import AutoTsit5Rodas5
 from .ode.tableaus import ButcherTableau
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem
 from .sensitivity import (
@@ -74,6 +77,7 @@ __all__ = [
     "DP8",
     "RK4",
     "AndersonAcceleration",
+    "AutoTsit5Rodas5",
     "AdjointSensitivityResult",
     "BacksolveAdjoint",
     "ButcherTableau",
@@ -87,6 +91,7 @@ __all__ = [
     "ForwardSensitivityResult",
     "Heun",
     "InterpolatingAdjoint",
+    "Kvaerno5",
     "Midpoint",
     "NewtonKrylov",
     "NewtonRaphson",
@@ -96,6 +101,8 @@ __all__ = [
     "ODESolution",
     "PIController",
     "QuadratureAdjoint",
+    "Rodas5",
+    "Rosenbrock23",
     "SolverError",
     "Status",
     "SteadyStateAdjoint",

@@ -18,6 +18,9 @@ __all__ = [
     "linear",
     "lotka_volterra",
     "van_der_pol",
+    "robertson",
+    "hires",
+    "pollution",
     "lorenz",
     "brusselator_1d",
     "neural_ode_mlp",
@@ -80,7 +83,10 @@ def lotka_volterra(p=(1.5, 1.0, 3.0, 1.0), u0=(1.0, 1.0), tspan=(0.0, 10.0), dty
 def van_der_pol(mu=1.0, u0=(2.0, 0.0), tspan=(0.0, 6.3), dtype=tf.float64) -> ODEProblem:
     """``x'' - mu (1 - x^2) x' + x = 0`` as a first-order system; ``p = mu``.
 
-    Non-stiff for ``mu`` of order one, increasingly stiff for large ``mu``.
+    Non-stiff for ``mu`` of order one, increasingly stiff for large ``mu``:
+    ``mu = 1000`` (with ``tspan=(0, 3000)``, about one relaxation period) is
+    the classic stiff test (Hairer & Wanner, Solving ODEs II, Sec. IV.1),
+    where explicit methods run out of steps; use `sensode.Rodas5` there.
     """
 
     def f(t, u, p):
@@ -179,12 +185,138 @@ def reaction_diffusion_steady_state(n=1000, D=1e-4, k=10.0, amplitude=50.0, dtyp
     return NonlinearProblem(f, tf.zeros([n], dtype), p)
 
 
+def robertson(k=(0.04, 3e7, 1e4), u0=(1.0, 0.0, 0.0), tspan=(0.0, 1e5), log_rates=False, dtype=tf.float64) -> ODEProblem:
+    """Robertson's autocatalytic reaction, the classic stiff chemical kinetics test.
+
+    ``y1' = -k1 y1 + k3 y2 y3``, ``y2' = k1 y1 - k2 y2^2 - k3 y2 y3``,
+    ``y3' = k2 y2^2``; mass ``y1 + y2 + y3`` is conserved. Rates span eleven
+    orders of magnitude; stiff (explicit methods run out of steps).
+    ``p = [k1, k2, k3]``, or ``log k`` with ``log_rates=True`` (for fitting:
+    positive rates, one scale for all sensitivities). Usual tolerances
+    ``rtol=1e-6``, ``atol=1e-10`` (``y2`` is about 1e-5 at most).
+
+    References: Robertson, "The solution of a set of reaction rate
+    equations", 1966; Hairer & Wanner, Solving ODEs II, Sec. IV.1.
+    """
+
+    def f(t, u, p):
+        k = tf.exp(p) if log_rates else p
+        y1, y2, y3 = u[..., 0], u[..., 1], u[..., 2]
+        r1, r2, r3 = k[0] * y1, k[1] * y2 * y2, k[2] * y2 * y3
+        return tf.stack([-r1 + r3, r1 - r2 - r3, r2], axis=-1)
+
+    k = np.log(np.asarray(k, np.float64)) if log_rates else k
+    return ODEProblem(f, _t(u0, dtype), tspan, _t(k, dtype))
+
+
+# HIRES rate constants, in the order of `hires`'s docstring.
+_HIRES_K = (1.71, 0.43, 8.32, 0.0007, 8.75, 10.03, 0.035, 1.12, 1.745, 280.0, 0.69, 1.81)
+
+
+def hires(k=_HIRES_K, u0=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0057), tspan=(0.0, 321.8122), dtype=tf.float64
+          ) -> ODEProblem:
+    """HIRES: light-induced plant morphogenesis ("high irradiance responses"), 8 species, stiff.
+
+    ``p`` holds the 12 distinct rate constants ``(1.71, 0.43, 8.32, 0.0007,
+    8.75, 10.03, 0.035, 1.12, 1.745, 280, 0.69, 1.81)``; the standard span is
+    ``[0, 321.8122]`` (test-set tolerances rtol = atol = 1e-4 .. 1e-10).
+
+    References: Schäfer, "A new approach to explain the 'high irradiance
+    responses' of photomorphogenesis", J. Theor. Biol. 55, 1975; Hairer &
+    Wanner, Solving ODEs II, Sec. IV.10; Mazzia & Magherini, IVP test set.
+    """
+
+    def f(t, u, p):
+        y = [u[..., i] for i in range(8)]
+        k1, k2, k3, k4, k5, k6, k7, k8, k9, k10, k11, k12 = (p[i] for i in range(12))
+        r = k10 * y[5] * y[7]
+        return tf.stack([
+            -k1 * y[0] + k2 * y[1] + k3 * y[2] + k4,
+            k1 * y[0] - k5 * y[1],
+            -k6 * y[2] + k2 * y[3] + k7 * y[4],
+            k3 * y[1] + k1 * y[2] - k8 * y[3],
+            -k9 * y[4] + k2 * y[5] + k2 * y[6],
+            -r + k11 * y[3] + k1 * y[4] - k2 * y[5] + k11 * y[6],
+            r - k12 * y[6],
+            -r + k12 * y[6],
+        ], axis=-1)
+
+    return ODEProblem(f, _t(u0, dtype), tspan, _t(k, dtype))
+
+
+# POLLU rate constants k1..k25 (Verwer 1994).
+_POLLU_K = (0.35, 26.6, 1.23e4, 8.6e-4, 8.2e-4, 1.5e4, 1.3e-4, 2.4e4, 1.65e4, 9.0e3, 0.022, 1.2e4, 1.88, 1.63e4,
+            4.8e6, 3.5e-4, 0.0175, 1.0e8, 4.44e11, 1240.0, 2.1, 5.78, 0.0474, 1780.0, 3.12)
+# Reactants of reaction i (0-based species): its rate is k_i times their product.
+_POLLU_R = ((0,), (1, 3), (4, 1), (6,), (6,), (6, 5), (8,), (8, 5), (10, 1), (10, 0), (12,), (9, 1), (13,), (0, 5),
+            (2,), (3,), (3,), (15,), (15,), (16, 5), (18,), (18,), (0, 3), (18, 0), (19,))
+# Net production: species -> list of (reaction, stoichiometry).
+_POLLU_S = {
+    0: [(0, -1), (9, -1), (13, -1), (22, -1), (23, -1), (1, 1), (2, 1), (8, 1), (10, 1), (11, 1), (21, 1), (24, 1)],
+    1: [(1, -1), (2, -1), (8, -1), (11, -1), (0, 1), (20, 1)],
+    2: [(14, -1), (0, 1), (16, 1), (18, 1), (21, 1)],
+    3: [(1, -1), (15, -1), (16, -1), (22, -1), (14, 1)],
+    4: [(2, -1), (3, 2), (5, 1), (6, 1), (12, 1), (19, 1)],
+    5: [(5, -1), (7, -1), (13, -1), (19, -1), (2, 1), (17, 2)],
+    6: [(3, -1), (4, -1), (5, -1), (12, 1)],
+    7: [(3, 1), (4, 1), (5, 1), (6, 1)],
+    8: [(6, -1), (7, -1)],
+    9: [(11, -1), (6, 1), (8, 1)],
+    10: [(8, -1), (9, -1), (7, 1), (10, 1)],
+    11: [(8, 1)],
+    12: [(10, -1), (9, 1)],
+    13: [(12, -1), (11, 1)],
+    14: [(13, 1)],
+    15: [(17, -1), (18, -1), (15, 1)],
+    16: [(19, -1)],
+    17: [(19, 1)],
+    18: [(20, -1), (21, -1), (23, -1), (22, 1), (24, 1)],
+    19: [(24, -1), (23, 1)],
+}
+
+
+def pollution(k=_POLLU_K, tspan=(0.0, 60.0), dtype=tf.float64) -> ODEProblem:
+    """POLLU: the air-pollution model of the Dutch National Institute (RIVM), 20 species, 25 reactions, stiff.
+
+    ``p`` holds the 25 rate constants ``k1..k25``; ``u0`` is the standard
+    initial state (``y2 = 0.2``, ``y4 = 0.04``, ``y7 = 0.1``, ``y8 = 0.3``,
+    ``y9 = 0.01``, ``y17 = 0.007``, the rest 0) and the span ``[0, 60]``.
+    Reference value ``y1(60) = 0.05646255480022769``.
+
+    References: Verwer, "Gauss--Seidel iteration for stiff ODEs from chemical
+    kinetics", SIAM J. Sci. Comput. 15(5), 1994; Mazzia & Magherini, IVP
+    test set (problem POLLU).
+    """
+    u0 = np.zeros(20)
+    for i, v in ((1, 0.2), (3, 0.04), (6, 0.1), (7, 0.3), (8, 0.01), (16, 0.007)):
+        u0[i] = v
+
+    def f(t, u, p):
+        y = [u[..., i] for i in range(20)]
+        rates = []
+        for i, species in enumerate(_POLLU_R):
+            r = p[i]
+            for s in species:
+                r = r * y[s]
+            rates.append(r)
+        out = []
+        for i in range(20):
+            terms = [(c * rates[j]) for j, c in _POLLU_S[i]]
+            out.append(tf.add_n(terms))
+        return tf.stack(out, axis=-1)
+
+    return ODEProblem(f, _t(u0, dtype), tspan, _t(k, dtype))
+
+
 # ODE problems by name (the command line and the comparison tool draw from here).
 PROBLEMS = {
     "exponential_decay": exponential_decay,
     "linear": linear,
     "lotka_volterra": lotka_volterra,
     "van_der_pol": van_der_pol,
+    "robertson": robertson,
+    "hires": hires,
+    "pollution": pollution,
     "lorenz": lorenz,
     "brusselator_1d": brusselator_1d,
     "neural_ode_mlp": neural_ode_mlp,

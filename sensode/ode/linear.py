@@ -1,0 +1,163 @@
+"""Linear algebra for the stiff methods: a flat view of the state, its
+Jacobian, and a factorised ``M = I / (gamma h) - J`` whose solves are
+differentiable by their own adjoint.
+
+The loop hands methods a *flat list* of leaves. A stiff method needs one
+vector: `Layout` concatenates the leaves (``[N]``, ``N`` the total number of
+elements, batch dimensions included: a batched state ``[B, n]`` is one
+``B n`` system, as for explicit methods, whose Jacobian happens to be block
+diagonal).
+
+`Factorised.solve` is a `tf.custom_gradient`: the gradient of
+``x = M^{-1} b`` is one transposed solve with the same factors,
+``b_bar = M^{-T} x_bar`` and ``M_bar = -b_bar x^T``, so the discrete adjoint
+(reverse mode through the loop) never backpropagates through the LU
+factorisation's internals (pivoting, a data-dependent loop under XLA).
+
+References: Giles, "An extended collection of matrix derivative results for
+forward and reverse mode automatic differentiation", 2008 (the adjoint of a
+linear solve).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from .. import tfcompat
+from ..nonlinear.linsolve import LU
+
+__all__ = ["Layout", "jacobian", "Factorised", "UNROLL_UNDER_XLA"]
+
+# Under XLA, a discrete adjoint differentiates the Jacobian itself, and the
+# gradient of TF's vectorised (pfor) Jacobian has dynamic transposes that XLA
+# cannot compile. Up to this many states the Jacobian is instead built from
+# unrolled forward-mode JVPs (one per column), which compile either way.
+UNROLL_UNDER_XLA = 48
+
+
+class Layout:
+    """Concatenate a flat list of leaves into one vector ``[N]`` and back.
+
+    Needs static leaf shapes (the Jacobian and its factorisation are ``[N, N]``).
+    """
+
+    def __init__(self, leaves: list, who: str = "a stiff method"):
+        shapes = [y.shape for y in leaves]
+        for s in shapes:
+            if not s.is_fully_defined():
+                raise ValueError(
+                    f"{who} needs a state of static shape (it forms an [N, N] Jacobian); got a leaf of shape {s}"
+                )
+        self.shapes = [s.as_list() for s in shapes]
+        self.sizes = [int(np.prod(s, dtype=np.int64)) for s in self.shapes]
+        self.size = sum(self.sizes)
+
+    def vec(self, leaves: list):
+        if len(leaves) == 1:
+            return tf.reshape(leaves[0], [-1])
+        return tf.concat([tf.reshape(x, [-1]) for x in leaves], axis=0)
+
+    def unvec(self, v) -> list:
+        if len(self.sizes) == 1:
+            return [tf.reshape(v, self.shapes[0])]
+        parts = tf.split(v, self.sizes, axis=-1)
+        return [tf.reshape(x, s) for x, s in zip(parts, self.shapes)]
+
+    def unvec_rows(self, rows) -> list:
+        """``[R, N]`` -> one ``[R, *leaf]`` tensor per leaf."""
+        r = rows.shape[0]
+        if len(self.sizes) == 1:
+            return [tf.reshape(rows, [r] + self.shapes[0])]
+        parts = tf.split(rows, self.sizes, axis=-1)
+        return [tf.reshape(x, [r] + s) for x, s in zip(parts, self.shapes)]
+
+
+def jacobian(fn_vec: Callable, t, y, with_t: bool = True):
+    """``(J, df/dt)`` of ``fn_vec(t, y) -> [N]`` at ``(t, y)`` (``y`` ``[N]``).
+
+    One vectorised (``pfor``) Jacobian of ``f`` with respect to ``y`` and
+    ``t`` together: a non-autonomous problem costs one extra tangent, not
+    another pass. Recorded by any outer tape, so a
+    discrete adjoint differentiates through ``J`` (second derivatives of f).
+    Returns ``J`` ``[N, N]`` and ``df/dt`` ``[N]`` (None without ``with_t``).
+    """
+    # Eagerly, pfor re-traces a graph on every call (seconds per step); a
+    # loop of reverse passes is far cheaper there. In graphs, pfor.
+    pfor = not tf.executing_eagerly()
+    n = y.shape[0]
+    if pfor and n <= UNROLL_UNDER_XLA and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+        return _jacobian_unrolled(fn_vec, t, y, with_t)
+    if not with_t:
+        with tf.GradientTape(watch_accessed_variables=False, persistent=not pfor) as tape:
+            tape.watch(y)
+            out = fn_vec(t, y)
+        jac = tape.jacobian(out, y, experimental_use_pfor=pfor, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return jac, None
+    # Two sources rather than one concatenated [y, t]: slicing the
+    # concatenation back apart puts StridedSlice gradients with dynamic
+    # bounds into the second-order graph, which XLA cannot compile.
+    with tf.GradientTape(watch_accessed_variables=False, persistent=not pfor) as tape:
+        tape.watch([y, t])
+        out = fn_vec(t, y)
+    jac, dfdt = tape.jacobian(out, [y, t], experimental_use_pfor=pfor,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return jac, dfdt
+
+
+def _jacobian_unrolled(fn_vec, t, y, with_t):
+    """``n`` (+1) forward-mode JVPs with unit tangents, unrolled in the graph."""
+    n = y.shape[0]
+    zero = tf.UnconnectedGradients.ZERO
+    cols = []
+    for j in range(n):
+        with tf.autodiff.ForwardAccumulator(y, tf.one_hot(j, n, dtype=y.dtype)) as acc:
+            out = fn_vec(t, y)
+        cols.append(acc.jvp(out, unconnected_gradients=zero))
+    dfdt = None
+    if with_t:
+        with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as acc:
+            out = fn_vec(t, y)
+        dfdt = acc.jvp(out, unconnected_gradients=zero)
+    return tf.stack(cols, axis=1), dfdt
+
+
+class Factorised:
+    """``M = I / (gamma h) - J`` factorised once (dense LU), solved many times.
+
+    Args:
+      jac: ``[N, N]`` Jacobian.
+      inv_gh: scalar ``1 / (gamma h)``.
+
+    The factorisation is `sensode.linsolve.LU` (partial pivoting, an XLA
+    path, and a condition estimate: a numerically singular ``M`` gives NaN
+    solutions, so the loop rejects the step and shrinks ``h``).
+    """
+
+    def __init__(self, jac, inv_gh):
+        n = jac.shape[-1]
+        self.m = inv_gh * tf.eye(n, dtype=jac.dtype) - jac
+        # Stopped on the way out too: a Newton loop that captures the factors
+        # would otherwise ask for the (undefined) gradient of the Lu op.
+        factors = LU().factor(tf.stop_gradient(self.m)[None])
+        self.factors = tf.nest.map_structure(tf.stop_gradient, factors)
+
+    def solve(self, b):
+        """``M^{-1} b`` for ``b`` ``[N]``; differentiable in ``M`` and ``b`` by the adjoint solve."""
+        factors = self.factors
+
+        @tf.custom_gradient
+        def run(m, rhs):
+            x = LU().solve_factored(factors, rhs[None]).x[0]
+
+            def grad(gx):
+                gb = LU().solve_factored(factors, gx[None], transpose=True).x[0]
+                # A rejected step's zero cotangent stays zero even where M was singular.
+                gb = tf.where(tf.math.is_finite(gb), gb, tf.zeros_like(gb))
+                return -gb[:, None] * tf.stop_gradient(x)[None, :], gb
+
+            return x, grad
+
+        return run(self.m, b)

@@ -1,0 +1,240 @@
+"""Stiff methods (Rosenbrock23, Rodas5, Kvaerno5, AutoTsit5Rodas5) against independent references.
+
+References: SciPy ``solve_ivp(method="Radau")`` at rtol 1e-10 (with the
+forward sensitivity equations integrated alongside for gradients), closed
+forms (``expm`` / ``expm_frechet``) for a linear system with eigenvalues from
+-1 to -1e6, and exact polynomials for the dense output. Compiled functions
+are shared at module level: every trace costs seconds.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import scipy.linalg
+import tensorflow as tf
+from scipy.integrate import solve_ivp
+
+import sensode as sd
+from sensode import models
+
+STIFF = [sd.Rosenbrock23, sd.Rodas5, sd.Kvaerno5]
+
+
+def _rober_np(t, u, k=(0.04, 3e7, 1e4)):
+    r1, r2, r3 = k[0] * u[0], k[1] * u[1] ** 2, k[2] * u[1] * u[2]
+    return np.array([-r1 + r3, r1 - r2 - r3, r2])
+
+
+def _vdp_np(t, u, mu=1000.0):
+    return np.array([u[1], mu * (1.0 - u[0] ** 2) * u[1] - u[0]])
+
+
+def _radau(f, u0, t1, ts, rtol=1e-11, atol=1e-14):
+    """SciPy Radau on a NumPy right-hand side (written independently of sensode.models)."""
+    res = solve_ivp(f, (0.0, t1), u0, method="Radau", rtol=rtol, atol=atol, t_eval=ts)
+    assert res.success
+    return res.y.T
+
+
+# ----------------------------------------------------------------- order and dense output
+
+
+def _fixed_steps(method, f, y0, t0, t1, n):
+    """``n`` steps of the bare method (no error control): the method's own order shows."""
+    h = tf.constant((t1 - t0) / n, tf.float64)
+    t = tf.constant(t0, tf.float64)
+    y = [tf.constant(y0, tf.float64)]
+    fy = f(t, y)
+    carry = method.init(f, t, y, fy)
+    for _ in range(n):
+        s = method.step(f, t, y, fy, h, carry)
+        t, y, fy, carry = t + h, s.y1, s.f1, s.carry
+    return y[0].numpy()
+
+
+@pytest.mark.parametrize("method,order", [(sd.Rosenbrock23, 2), (sd.Rodas5, 5), (sd.Kvaerno5, 5)])
+def test_convergence_order(method, order):
+    # Non-autonomous (exercises df/dt): u' = -lam (u - sin t) + cos t, u = sin t + u0 exp(-lam t).
+    lam = np.array([1.0, 4.0])
+
+    def f(t, y):
+        return [-lam * (y[0] - tf.sin(t)) + tf.cos(t)]
+
+    exact = np.sin(1.0) + np.exp(-lam)
+    ns = [8, 16, 32]
+    errs = [np.max(np.abs(_fixed_steps(method(), f, [1.0, 1.0], 0.0, 1.0, n) - exact)) for n in ns]
+    slopes = -np.diff(np.log(errs)) / np.log(2.0)
+    assert slopes[-1] > order - 0.4, (errs, slopes)
+
+
+@pytest.mark.parametrize("method,degree", [(sd.Rosenbrock23, 2), (sd.Rodas5, 3), (sd.Kvaerno5, 3)])
+def test_dense_output_reproduces_polynomials(method, degree):
+    # u' = d/dt t^degree (pure quadrature): the step and its interpolant are exact.
+    def f(t, y):
+        return [degree * t ** (degree - 1) * tf.ones_like(y[0])]
+
+    m = method()
+    t0, h = tf.constant(0.3, tf.float64), tf.constant(0.5, tf.float64)
+    y = [tf.constant([0.3**degree], tf.float64)]
+    fy = f(t0, y)
+    step = m.step(f, t0, y, fy, h, m.init(f, t0, y, fy))
+    rows, _ = m.dense(f, t0, y, h, step)
+    theta = tf.constant([0.0, 0.25, 0.7, 1.0], tf.float64)
+    got = m.interpolate(theta, y, h, rows)[0].numpy()[:, 0]
+    want = (0.3 + 0.5 * theta.numpy()) ** degree
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+# ----------------------------------------------------------------- stiff problems
+
+ROBER_TS = np.array([1e-3, 0.1, 10.0, 1e3, 1e5])
+ROBER = models.robertson()
+ROBER_REF = _radau(_rober_np, [1.0, 0.0, 0.0], 1e5, ROBER_TS)
+
+
+def _rober_solve(method, u0):
+    sol = sd.solve(ROBER.remake(u0=u0), method, saveat=tf.constant(ROBER_TS), rtol=1e-7, atol=1e-12,
+                   max_steps=5000, throw=False)
+    return sol.u, sol.status, sol.stats
+
+
+_ROBER_XLA = {m: tf.function(lambda u0, m=m: _rober_solve(m(), u0), jit_compile=True) for m in STIFF}
+
+
+@pytest.mark.parametrize("method", STIFF)
+def test_robertson_against_radau_and_mass(method):
+    u, status, stats = _ROBER_XLA[method](ROBER.u0)
+    assert int(status) == 0
+    u = u.numpy()
+    tol = 2e-3 if method is sd.Rosenbrock23 else 1e-4
+    np.testing.assert_allclose(u, ROBER_REF, rtol=tol, atol=1e-11)
+    np.testing.assert_allclose(u.sum(axis=1), 1.0, atol=1e-10)  # mass: every stage is conservative
+    assert int(stats["njac"]) > 0 and int(stats["nlu"]) > 0 and int(stats["nsolve"]) >= int(stats["nlu"])
+
+
+def test_explicit_method_fails_on_robertson_with_a_status():
+    sol = sd.solve(ROBER, sd.Tsit5(), rtol=1e-6, atol=1e-10, max_steps=200, throw=False)
+    assert int(sol.status) != 0
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_robertson_modes(mode):
+    fn = (lambda u0: _rober_solve(sd.Rodas5(), u0)) if mode == "eager" else tf.function(
+        lambda u0: _rober_solve(sd.Rodas5(), u0))
+    u, status, _ = fn(ROBER.u0)
+    assert int(status) == 0
+    np.testing.assert_allclose(u.numpy(), ROBER_REF, rtol=1e-4, atol=1e-11)
+
+
+def test_float32_rodas5_short_robertson():
+    prob = models.robertson(tspan=(0.0, 10.0), dtype=tf.float32)
+    ts = np.array([0.1, 1.0, 10.0])
+    sol = sd.solve(prob, sd.Rodas5(), saveat=tf.constant(ts, tf.float32), rtol=1e-4, atol=1e-8)
+    ref = _radau(_rober_np, [1.0, 0.0, 0.0], 10.0, ts)
+    np.testing.assert_allclose(sol.u.numpy(), ref, rtol=1e-3, atol=1e-7)
+
+
+def test_van_der_pol_mu_1000_against_radau():
+    prob = models.van_der_pol(mu=1000.0, tspan=(0.0, 3000.0))
+    ts = np.array([500.0, 1500.0, 3000.0])
+    ref = _radau(_vdp_np, [2.0, 0.0], 3000.0, ts, rtol=1e-10, atol=1e-12)
+    run = tf.function(lambda: sd.solve(prob, sd.Rodas5(), saveat=tf.constant(ts), rtol=1e-8, atol=1e-10,
+                                       max_steps=20000, throw=False), jit_compile=True)
+    sol = run()
+    assert int(sol.status) == 0
+    np.testing.assert_allclose(sol.u.numpy()[:, 0], ref[:, 0], rtol=1e-5, atol=1e-6)
+
+
+# Linear u' = A u with eigenvalues -1 .. -1e6 (a similarity transform of a diagonal).
+_RNG = np.random.default_rng(3)
+_Q = np.linalg.qr(_RNG.normal(size=(4, 4)))[0]
+A_STIFF = _Q @ np.diag([-1.0, -1e2, -1e4, -1e6]) @ _Q.T
+U0_LIN = np.array([1.0, 0.5, -0.3, 0.2])
+
+
+def _linear_loss(method, a, u0, sensealg=None):
+    prob = sd.ODEProblem(lambda t, u, p: tf.linalg.matvec(p, u), u0, (0.0, 1.0), a)
+    sol = sd.solve(prob, method, saveat=tf.constant([0.5, 1.0], tf.float64), rtol=1e-9, atol=1e-12,
+                   sensealg=sensealg, max_steps=5000)
+    return tf.reduce_sum(sol.u[-1] * tf.constant([1.0, -2.0, 0.5, 3.0], tf.float64)), sol.u
+
+
+@pytest.mark.parametrize("method", [sd.Rodas5, sd.Kvaerno5])
+def test_linear_stiff_against_expm_and_frechet(method):
+    @tf.function(jit_compile=True)
+    def grads(a, u0):
+        with tf.GradientTape() as tape:
+            tape.watch([a, u0])
+            loss, u = _linear_loss(method(), a, u0, sd.DiscreteAdjoint())
+        return u, tape.gradient(loss, [a, u0])
+
+    a, u0 = tf.constant(A_STIFF), tf.constant(U0_LIN)
+    u, (ga, gu0) = grads(a, u0)
+    w = np.array([1.0, -2.0, 0.5, 3.0])
+    np.testing.assert_allclose(u.numpy()[0], scipy.linalg.expm(0.5 * A_STIFF) @ U0_LIN, atol=1e-8)
+    np.testing.assert_allclose(u.numpy()[1], scipy.linalg.expm(A_STIFF) @ U0_LIN, atol=1e-8)
+    np.testing.assert_allclose(gu0.numpy(), scipy.linalg.expm(A_STIFF).T @ w, atol=1e-7)
+    # dL/dA_ij = w^T L(A, E_ij) u0 with L the Frechet derivative of expm.
+    want = np.array([[w @ scipy.linalg.expm_frechet(A_STIFF, np.outer(np.eye(4)[i], np.eye(4)[j]),
+                                                    compute_expm=False) @ U0_LIN for j in range(4)]
+                     for i in range(4)])
+    np.testing.assert_allclose(ga.numpy(), want, atol=1e-7)
+
+
+# ----------------------------------------------------------------- sensitivities on Robertson
+
+
+def _rober_sens_reference(t1, ts):
+    """d u / d log k at ``ts`` from SciPy Radau on the state plus forward sensitivity equations."""
+    k = np.array([0.04, 3e7, 1e4])
+
+    def rhs(t, z):
+        y, s = z[:3], z[3:].reshape(3, 3)
+        y1, y2, y3 = y
+        f = np.array([-k[0] * y1 + k[2] * y2 * y3, k[0] * y1 - k[1] * y2**2 - k[2] * y2 * y3, k[1] * y2**2])
+        jac = np.array([[-k[0], k[2] * y3, k[2] * y2],
+                        [k[0], -2 * k[1] * y2 - k[2] * y3, -k[2] * y2],
+                        [0.0, 2 * k[1] * y2, 0.0]])
+        dfdk = np.array([[-y1, 0.0, y2 * y3], [y1, -y2**2, -y2 * y3], [0.0, y2**2, 0.0]])
+        return np.concatenate([f, (jac @ s + dfdk * k[None, :]).ravel()])
+
+    z0 = np.concatenate([[1.0, 0.0, 0.0], np.zeros(9)])
+    res = solve_ivp(rhs, (0.0, t1), z0, method="Radau", rtol=1e-11, atol=1e-14, t_eval=ts)
+    return res.y.T[:, 3:].reshape(-1, 3, 3)
+
+
+SENS_TS = np.array([1.0, 10.0, 100.0])
+SENS_W = np.array([1.0, 1e4, 1.0])  # y2 is ~1e-5: weight it so all three species matter
+SENS_REF = np.einsum("tij,i->j", _rober_sens_reference(100.0, SENS_TS), SENS_W)
+ROBER_LOG = models.robertson(log_rates=True, tspan=(0.0, 100.0))
+
+
+def _sens_grad(method, sensealg):
+    @tf.function
+    def run(q):
+        with tf.GradientTape() as tape:
+            tape.watch(q)
+            sol = sd.solve(ROBER_LOG.remake(p=q), method, saveat=tf.constant(SENS_TS), rtol=1e-9, atol=1e-13,
+                           sensealg=sensealg, throw=False, max_steps=5000)
+            loss = tf.reduce_sum(sol.u * tf.constant(SENS_W))
+        return tape.gradient(loss, q)
+
+    return run(ROBER_LOG.p).numpy()
+
+
+@pytest.mark.parametrize("sensealg", [sd.ForwardSensitivity, sd.DiscreteAdjoint, sd.InterpolatingAdjoint,
+                                      sd.QuadratureAdjoint])
+def test_robertson_sensitivities_rodas5(sensealg):
+    np.testing.assert_allclose(_sens_grad(sd.Rodas5(), sensealg()), SENS_REF, rtol=1e-5)
+
+
+def test_robertson_sensitivities_kvaerno5_discrete():
+    np.testing.assert_allclose(_sens_grad(sd.Kvaerno5(), sd.DiscreteAdjoint()), SENS_REF, rtol=1e-5)
+
+
+def test_backsolve_on_stiff_problem_fails_loudly():
+    g = _sens_grad(sd.Rodas5(), sd.BacksolveAdjoint())
+    assert np.all(np.isnan(g)), g  # never a silently wrong gradient
