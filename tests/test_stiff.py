@@ -238,3 +238,29 @@ def test_robertson_sensitivities_kvaerno5_discrete():
 def test_backsolve_on_stiff_problem_fails_loudly():
     g = _sens_grad(sd.Rodas5(), sd.BacksolveAdjoint())
     assert np.all(np.isnan(g)), g  # never a silently wrong gradient
+
+
+# ----------------------------------------------------------------- automatic switching
+
+
+def test_auto_switches_on_robertson_and_not_on_lotka_volterra():
+    u, status, stats = tf.function(lambda: _rober_solve(sd.AutoTsit5Rodas5(), ROBER.u0), jit_compile=True)()
+    assert int(status) == 0 and int(stats["switches"]) >= 1 and int(stats["stiff_steps"]) > 0
+    np.testing.assert_allclose(u.numpy(), ROBER_REF, rtol=1e-4, atol=1e-11)
+    # Non-stiff: exactly Tsit5's steps and values (the dense output flag selects Tsit5's interpolant).
+    prob = models.lotka_volterra()
+    ts = tf.constant(np.linspace(0.0, 10.0, 7))
+    auto = sd.solve(prob, sd.AutoTsit5Rodas5(), saveat=ts, rtol=1e-6, atol=1e-8)
+    tsit = sd.solve(prob, sd.Tsit5(), saveat=ts, rtol=1e-6, atol=1e-8)
+    assert int(auto.stats["switches"]) == 0 and int(auto.stats["steps"]) == int(tsit.stats["steps"])
+    np.testing.assert_allclose(auto.u.numpy(), tsit.u.numpy(), rtol=1e-12)
+
+
+def test_batched_state_and_errors():
+    # A batch [B, 3] is one system of 3B unknowns: each row matches the single solve.
+    u0 = tf.constant([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5]], tf.float64)
+    sol = sd.solve(models.robertson(u0=u0, tspan=(0.0, 1.0)), sd.Rodas5(), rtol=1e-8, atol=1e-12)
+    ref = _radau(_rober_np, [0.5, 0.0, 0.5], 1.0, [1.0])
+    np.testing.assert_allclose(sol.u.numpy()[-1, 1], ref[0], rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="max_newton"):
+        sd.Kvaerno5(max_newton=0)
