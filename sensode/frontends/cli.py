@@ -22,7 +22,10 @@ import tensorflow as tf
 
 from .. import models
 from .comparison import compare_sensitivities, parse_sensealg
+from ..ode.auto import AutoTsit5Rodas5
 from ..ode.methods import BS3, DP5, DP8, Tsit5
+from ..ode.rosenbrock import Rodas5, Rosenbrock23
+from ..ode.sdirk import Kvaerno5
 
 __all__ = ["define_flags", "main", "run", "EXIT_FAILED", "EXIT_USAGE"]
 
@@ -30,7 +33,7 @@ EXIT_FAILED = 1  # an algorithm (or the reference) failed
 EXIT_USAGE = 2  # bad command line, as argparse and most Unix tools
 
 _PROG = "python -m sensode.compare"
-_METHODS = {c.__name__.lower(): c for c in (Tsit5, DP5, BS3, DP8)}
+_METHODS = {c.__name__.lower(): c for c in (Tsit5, DP5, BS3, DP8, Rosenbrock23, Rodas5, Kvaerno5, AutoTsit5Rodas5)}
 _HELP_ARGS = {"-h", "-?", "--help", "-help", "--helpshort", "--helpfull"}
 
 # ----------------------------------------------------------------------------- flags
@@ -60,7 +63,7 @@ def define_flags():
     flags.DEFINE_enum("problem", "lotka_volterra", sorted(models.PROBLEMS), "Named problem from sensode.models.")
     flags.DEFINE_float("rtol", 1e-6, "Relative tolerance of the compared solves (positive).")
     flags.DEFINE_float("atol", 1e-8, "Absolute tolerance of the compared solves (positive).")
-    flags.DEFINE_string("alg", "Tsit5", "Adaptive ODE method: Tsit5, DP5, BS3 or DP8.")
+    flags.DEFINE_string("alg", "Tsit5", "Adaptive ODE method: Tsit5, DP5, BS3, DP8, or for stiff problems Rodas5, Rosenbrock23, Kvaerno5, AutoTsit5Rodas5.")
     flags.DEFINE_list("sensealgs", None, "Comma list, e.g. ForwardSensitivity,DiscreteAdjoint(checkpoints=4),"
                       "InterpolatingAdjoint; default: every applicable one.")
     flags.DEFINE_integer("saves", 11, "Equally spaced save times over tspan (t0 and t1 included).", lower_bound=2)
@@ -76,7 +79,7 @@ def define_flags():
     for name in ("rtol", "atol"):
         flags.register_validator(name, _positive_finite, message="must be a positive finite number")
     flags.register_validator("t1", lambda v: v is None or math.isfinite(v), message="must be a finite number")
-    flags.register_validator("alg", lambda v: v.lower() in _METHODS, message="must be one of Tsit5, DP5, BS3, DP8")
+    flags.register_validator("alg", lambda v: v.lower() in _METHODS, message="must be one of " + ", ".join(c.__name__ for c in _METHODS.values()))
     flags.register_validator("sensealgs", _check_sensealgs)
 
 

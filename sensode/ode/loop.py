@@ -452,7 +452,11 @@ def _body(ctx: _Ctx, s: _State) -> _State:
     # the record is written in place. Neither goes through the select.
     out = _where(accept, new, old)._replace(carry=step.carry, rec=rec)
     # Failure: the step cannot shrink further, or a fixed step gave NaN/Inf.
-    floor = tf.maximum(ctx.dtmin, 8.0 * ctx.eps * tf.maximum(tf.abs(out.t), tf.abs(ctx.t1)))
+    # The smallest step that still moves t: a few ulps of t itself (not of t1:
+    # a float32 solve from 0 to 1e5 needs steps far below 8 eps 1e5 = 0.1 early
+    # on), and never below the smallest normal number.
+    tiny = tf.constant(np.finfo(ctx.eps.dtype.as_numpy_dtype).tiny, ctx.eps.dtype)
+    floor = tf.maximum(ctx.dtmin, tf.maximum(8.0 * ctx.eps * tf.abs(out.t), tiny))
     too_small = (~tf.equal(out.t, ctx.t1)) & (tf.abs(out.h) < floor)
     if ctx.method.adaptive:
         status = tf.where(too_small, tf.where(finite, Status.DT_MIN, Status.NONFINITE), Status.SUCCESS)

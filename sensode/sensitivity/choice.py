@@ -20,7 +20,7 @@ __all__ = ["default_sensealg", "solve_on_demand", "FORWARD_MODE_LIMIT"]
 FORWARD_MODE_LIMIT = 100
 
 
-def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
+def default_sensealg(prob, alg=None) -> tuple[SensitivityAlgorithm, str]:
     """The automatic choice for ``sensealg=None`` and the reason for it.
 
     Forward sensitivities while ``len(u0) + len(p)`` (variables read by ``f``
@@ -31,8 +31,14 @@ def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
     `InterpolatingAdjoint`, XLA, interleaved runs), as backprop is diffrax's
     default.
 
+    Neither choice is `BacksolveAdjoint`, which is unstable on stiff and
+    dissipative problems. With a stiff method (``alg.stiff``) the reason says
+    so: both choices then run through the stiff method (the discrete adjoint
+    re-runs its steps; forward sensitivities integrate with it).
+
     Args:
       prob: an `ODEProblem`.
+      alg: the ODE method (optional; only read for the reason).
 
     Returns:
       ``(sensealg, reason)``.
@@ -40,14 +46,16 @@ def default_sensealg(prob) -> tuple[SensitivityAlgorithm, str]:
     variables = find_variables(prob.f, tf.cast(prob.tspan[0], prob.u0.dtype), prob.u0, prob.p)
     n_u = int(prob.u0.shape.num_elements())
     n_p = sum(Params(prob.p).sizes) + sum(int(v.shape.num_elements()) for v in variables)
+    stiff = (f"; {alg!r} is a stiff method, and this choice stays stable with it (BacksolveAdjoint would not)"
+             if getattr(alg, "stiff", False) else "")
     if n_u + n_p <= FORWARD_MODE_LIMIT:
         return ForwardSensitivity(), (
-            f"len(u0) + len(p) = {n_u} + {n_p} <= {FORWARD_MODE_LIMIT}: forward sensitivities are cheapest"
+            f"len(u0) + len(p) = {n_u} + {n_p} <= {FORWARD_MODE_LIMIT}: forward sensitivities are cheapest" + stiff
         )
     return DiscreteAdjoint(), (
         f"len(u0) + len(p) = {n_u} + {n_p} > {FORWARD_MODE_LIMIT}: reverse mode costs one backward sweep whatever "
         "the number of parameters; the discrete adjoint is exact for the computed solution and its cost follows "
-        "the steps taken"
+        "the steps taken" + stiff
     )
 
 
@@ -87,7 +95,7 @@ def solve_on_demand(prob, spec, u0, ts, t0, t1):
     if tf.executing_eagerly() and not tfcompat.gradient_may_be_recorded():
         res = spec.solve_plain(u0, ts, t0, t1, prob.p)
         return res.ys, res.stats, res.status
-    chosen, _ = default_sensealg(prob)
+    chosen, _ = default_sensealg(prob, spec.method)
     if chosen.forward_costs_a_plain_solve:
         return chosen.solve(spec, u0, ts, t0, t1, prob.p)
     return differentiable(spec, _OnDemand(chosen), u0, ts, t0, t1, prob.p)
