@@ -11,8 +11,9 @@ The package is layered; each layer imports only from the layers above it:
 5. entry points: `api` (`solve`, `odeint`, `forward_sensitivities`,
    `adjoint_sensitivities`)
 6. front-ends: `frontends.keras`, `frontends.estimation`,
-   `frontends.comparison` and the command lines; imported on first use, so
-   ``import sensode`` does not import Keras.
+   `frontends.comparison`, `gsa` (global sensitivity analysis on ensembles)
+   and the command lines; imported on first use, so ``import sensode`` does
+   not import Keras.
 
 See ``docs/architecture.md``.
 """
@@ -54,6 +55,7 @@ _LAZY = {
     "comparison": ("sensode.frontends.comparison", None),
     "compare_sensitivities": ("sensode.frontends.comparison", "compare_sensitivities"),
     "Comparison": ("sensode.frontends.comparison", "Comparison"),
+    "gsa": ("sensode.gsa", None),
 }
 
 
@@ -114,6 +116,7 @@ __all__ = [
     "estimation",
     "fit",
     "forward_sensitivities",
+    "gsa",
     "keras",
     "linsolve",
     "models",
