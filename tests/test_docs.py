@@ -34,6 +34,8 @@ KNOWN_FAILING: dict[tuple[str, int], str] = {
     "gsa/analysis.py _values_and_grads; follow-up for the GSA module",
     ("docs/gsa.md", 3): "partial: `p` and `ts` are undefined and it needs GPUs; follow-up for the GSA page: "
     "define them or mark the block <!-- skip -->",
+    ("docs/stiff.md", 1): "raises on purpose (Tsit5 on Robertson: SolverError MAX_STEPS) without catching it; "
+    "follow-up for the stiff page: wrap that line in `try: ... except sd.SolverError as err: print(err)`",
 }
 
 _FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)")
