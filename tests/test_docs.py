@@ -28,14 +28,6 @@ PAGES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs")
 # edited; each entry names its follow-up. The pages of core internals
 # (solvers, choosing a sensitivity algorithm, mathematics, API) all pass now.
 KNOWN_FAILING: dict[tuple[str, int], str] = {
-    ("docs/gsa.md", 1): "too slow for CI (1024 x 6 solves, about 7 minutes on 2 shared cores); "
-    "follow-up for the GSA page: a small sample size in the doc, or mark the block <!-- skip -->",
-    ("docs/gsa.md", 2): "fails: gsa.dgsm raises 'ValueError: None values not supported' in "
-    "gsa/analysis.py _values_and_grads; follow-up for the GSA module",
-    ("docs/gsa.md", 3): "partial: `p` and `ts` are undefined and it needs GPUs; follow-up for the GSA page: "
-    "define them or mark the block <!-- skip -->",
-    ("docs/stiff.md", 1): "raises on purpose (Tsit5 on Robertson: SolverError MAX_STEPS) without catching it; "
-    "follow-up for the stiff page: wrap that line in `try: ... except sd.SolverError as err: print(err)`",
 }
 
 _FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)")
