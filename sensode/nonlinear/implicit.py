@@ -32,7 +32,7 @@ from .. import tfcompat
 from .. import validation as _v
 from .linsolve import LU, JacobianOperator, LinearSolver
 from .methods import NewtonRaphson, NonlinearAlgorithm
-from ..params import is_differentiable
+from ..params import Params
 from ..problems import NonlinearProblem, SteadyStateProblem
 from ..sensitivity.discrete import DiscreteAdjoint
 from ..sensitivity.forward import ForwardSensitivity
@@ -80,6 +80,49 @@ def _graph_if_eager(fn):
             return graph_fn(*args)
 
     return call
+
+
+def _validated(prob, alg, sensealg, abstol, reltol, max_iters):
+    """Check `solve_nonlinear`'s inputs (raising, naming the argument).
+
+    Returns ``(steady, alg, sensealg, adjoint linsolve, abstol, reltol, max_iters)``.
+    """
+    steady = isinstance(prob, SteadyStateProblem)
+    if not isinstance(prob, (NonlinearProblem, SteadyStateProblem)):
+        raise TypeError(f"`prob` must be a NonlinearProblem or SteadyStateProblem, got {type(prob).__name__}")
+    alg = NewtonRaphson() if alg is None else alg
+    if not isinstance(alg, NonlinearAlgorithm):
+        raise TypeError(f"`alg` must be a nonlinear method such as sensode.NewtonRaphson(), got {alg!r}")
+    if alg.needs_rhs and not steady:
+        raise TypeError(f"{type(alg).__name__} integrates an ODE: use it with a SteadyStateProblem")
+    sensealg = DiscreteAdjoint() if sensealg is None else sensealg
+    if not isinstance(sensealg, (DiscreteAdjoint, ForwardSensitivity)):
+        raise TypeError(
+            "`sensealg` for f(u, p) = 0 must be DiscreteAdjoint (SteadyStateAdjoint) or ForwardSensitivity, "
+            f"got {sensealg!r}"
+        )
+    if isinstance(sensealg, DiscreteAdjoint):
+        if sensealg.checkpoints is not None:
+            raise ValueError("`checkpoints` has no meaning for f(u, p) = 0: the implicit adjoint stores only u*")
+        adj_linsolve = LU() if sensealg.linsolve is None else sensealg.linsolve
+    else:
+        adj_linsolve = alg._linsolve() if isinstance(alg, NewtonRaphson) else LU()
+    if not isinstance(adj_linsolve, LinearSolver):
+        raise TypeError(f"`linsolve` must be a sensode.linsolve solver, got {adj_linsolve!r}")
+
+    u0 = prob.u0
+    dtype = u0.dtype
+    shape = u0.shape
+    if not shape.is_fully_defined():
+        raise ValueError(f"`u0` must have a static shape, got {shape}")
+    _v.check_p(prob.p, dtype)
+    abstol = _v.check_tolerance(_default_tol(dtype) if abstol is None else abstol, "abstol", dtype)
+    reltol = _v.check_tolerance(_default_tol(dtype) if reltol is None else reltol, "reltol", dtype)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
+        raise ValueError(f"`max_iters` must be a positive Python int (a static loop bound), got {max_iters!r}")
+    max_iters = int(max_iters)
+
+    return steady, alg, sensealg, adj_linsolve, abstol, reltol, max_iters
 
 
 def solve_nonlinear(
@@ -133,57 +176,21 @@ def solve_nonlinear(
         backward failure raises ``InvalidArgumentError`` when the graph runs;
         under XLA (where assertions are dropped) the gradients are NaN.
     """
-    steady = isinstance(prob, SteadyStateProblem)
-    if not isinstance(prob, (NonlinearProblem, SteadyStateProblem)):
-        raise TypeError(f"`prob` must be a NonlinearProblem or SteadyStateProblem, got {type(prob).__name__}")
-    alg = NewtonRaphson() if alg is None else alg
-    if not isinstance(alg, NonlinearAlgorithm):
-        raise TypeError(f"`alg` must be a nonlinear method such as sensode.NewtonRaphson(), got {alg!r}")
-    if alg.needs_rhs and not steady:
-        raise TypeError(f"{type(alg).__name__} integrates an ODE: use it with a SteadyStateProblem")
-    sensealg = DiscreteAdjoint() if sensealg is None else sensealg
-    if not isinstance(sensealg, (DiscreteAdjoint, ForwardSensitivity)):
-        raise TypeError(
-            "`sensealg` for f(u, p) = 0 must be DiscreteAdjoint (SteadyStateAdjoint) or ForwardSensitivity, "
-            f"got {sensealg!r}"
-        )
-    if isinstance(sensealg, DiscreteAdjoint):
-        if sensealg.checkpoints is not None:
-            raise ValueError("`checkpoints` has no meaning for f(u, p) = 0: the implicit adjoint stores only u*")
-        adj_linsolve = LU() if sensealg.linsolve is None else sensealg.linsolve
-    else:
-        adj_linsolve = alg._linsolve() if isinstance(alg, NewtonRaphson) else LU()
-    if not isinstance(adj_linsolve, LinearSolver):
-        raise TypeError(f"`linsolve` must be a sensode.linsolve solver, got {adj_linsolve!r}")
-
+    steady, alg, sensealg, adj_linsolve, abstol, reltol, max_iters = _validated(
+        prob, alg, sensealg, abstol, reltol, max_iters)
     u0 = prob.u0
     dtype = u0.dtype
     shape = u0.shape
-    if not shape.is_fully_defined():
-        raise ValueError(f"`u0` must have a static shape, got {shape}")
-    _v.check_p(prob.p, dtype)
-    abstol = _v.check_tolerance(_default_tol(dtype) if abstol is None else abstol, "abstol", dtype)
-    reltol = _v.check_tolerance(_default_tol(dtype) if reltol is None else reltol, "reltol", dtype)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, numbers.Integral) or max_iters < 1:
-        raise ValueError(f"`max_iters` must be a positive Python int (a static loop bound), got {max_iters!r}")
-    max_iters = int(max_iters)
-
     dims = shape.as_list()
     n = dims[-1] if dims else 1
     nb = int(math.prod(dims[:-1])) if dims else 1
     canon = [nb, n]
 
-    leaves = tf.nest.flatten(prob.p)
-    diff_idx = [i for i, x in enumerate(leaves) if is_differentiable(x)]
+    params = Params(prob.p)
     # Reading a variable leaf here puts the read on the caller's tape, so its
     # gradient flows back to the variable through the custom gradient below.
-    diff_leaves = [tf.convert_to_tensor(leaves[i], dtype) for i in diff_idx]
-
-    def rebuild(flat_diff):
-        out = list(leaves)
-        for i, x in zip(diff_idx, flat_diff):
-            out[i] = x
-        return tf.nest.pack_sequence_as(prob.p, out) if prob.p is not None else None
+    diff_leaves = [tf.cast(x, dtype) for x in params.float_leaves]
+    rebuild = params.pack
 
     def user_f(u, p):
         return prob.f(tf.constant(0, dtype), u, p) if steady else prob.f(u, p)
@@ -247,12 +254,7 @@ def solve_nonlinear(
 
     du_dp = None
     if isinstance(sensealg, ForwardSensitivity) and diff_leaves:
-        flat_const = [tf.stop_gradient(x) for x in diff_leaves]
-        sens, _ = _graph_if_eager(_forward_sensitivities)(residual, tf.stop_gradient(res.u), flat_const, adj_linsolve)
-        out = [None] * len(leaves)
-        for i, s, x in zip(diff_idx, sens, flat_const):
-            out[i] = tf.reshape(s, dims + x.shape.as_list())
-        du_dp = tf.nest.pack_sequence_as(prob.p, out)
+        du_dp = _du_dp(params, diff_leaves, residual, res.u, adj_linsolve, dims)
 
     sol = NonlinearSolution(
         u=u, resid_norm=resid, iterations=res.iterations, status=res.status, prob=prob, alg=alg, du_dp=du_dp
@@ -260,6 +262,13 @@ def solve_nonlinear(
     if throw and tf.executing_eagerly():
         raise_if_failed(sol.status, f"solve with {alg!r}")
     return sol
+
+
+def _du_dp(params, diff_leaves, residual, u_star, linsolve, dims):
+    """``du/dp`` as a nest like ``p`` (``[*u.shape, *leaf.shape]`` per differentiable leaf)."""
+    flat_const = [tf.stop_gradient(x) for x in diff_leaves]
+    sens, _ = _graph_if_eager(_forward_sensitivities)(residual, tf.stop_gradient(u_star), flat_const, linsolve)
+    return params.as_nest([tf.reshape(s, dims + x.shape.as_list()) for s, x in zip(sens, flat_const)])
 
 
 def _adjoint_vjp(fn_theta, u_star, thetas, du, linsolve):
