@@ -87,8 +87,8 @@ def _encode(obj):
     if dataclasses.is_dataclass(obj):
         fields = {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
         return {"class_name": cls.__name__, "config": fields}
-    if isinstance(obj, ExplicitRK) and cls is not ExplicitRK:
-        return {"class_name": cls.__name__, "config": {}}  # the tableau is the class's own
+    if cls is not ExplicitRK and not vars(obj):
+        return {"class_name": cls.__name__, "config": {}}  # a named method: its data is the class's own
     raise TypeError(f"cannot serialise {obj!r}: use a named method such as sensode.Tsit5()")
 
 

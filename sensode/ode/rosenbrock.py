@@ -103,11 +103,13 @@ class _Stiff(ODEMethod):
     def _vector_fn(fn, layout: Layout):
         return lambda t, v: layout.vec(fn(t, layout.unvec(v)))
 
+    # Methods are static keys (compiled-function caches, Keras configs): equal
+    # when of one type with the same options.
     def __eq__(self, other) -> bool:
-        return type(self) is type(other)
+        return type(self) is type(other) and vars(self) == vars(other)
 
     def __hash__(self) -> int:
-        return hash(type(self))
+        return hash((type(self), tuple(sorted(vars(self).items()))))
 
 
 class Rosenbrock23(_Stiff):
