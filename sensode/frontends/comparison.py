@@ -22,8 +22,6 @@ at ``t0`` and ``t1``). It must be written with TensorFlow ops (it is traced in
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
 import statistics
@@ -33,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from ..params import is_differentiable
 from ..params import leaves as p_leaves
 from ..sensitivity.backsolve import BacksolveAdjoint
 from ..sensitivity.base import SensitivityAlgorithm
@@ -54,6 +53,8 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 MEMORY_HINT = ("set TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow starts (e.g. `TF_CPU_ALLOCATOR_USE_BFC=true "
                "python script.py`, or import sensode.compare before running any TensorFlow op)")
 
+from .comparison_result import Comparison, Row
+
 __all__ = ["compare_sensitivities", "Comparison", "Row", "default_sensealgs", "parse_sensealg", "sensealg_name"]
 
 REFERENCE_RTOL = 1e-10
@@ -63,131 +64,6 @@ REFERENCE_ATOL = 1e-12
 FORWARD_MAX_ENTRIES = 2_000_000
 # Checkpoint count of the checkpointed variants in the default list.
 DEFAULT_CHECKPOINTS = 4
-
-
-@dataclasses.dataclass
-class Row:
-    """One algorithm's line of the comparison.
-
-    Attributes:
-      sensealg: the algorithm's name, e.g. ``"InterpolatingAdjoint(checkpoints=4)"``,
-        ``"finite differences"``.
-      gradient: ``[n]`` flattened ``dL/dθ`` as a list of floats (None if failed / skipped).
-      rel_error: ``|g - g_ref|_2 / |g_ref|_2`` (None if not computed).
-      time_s: median wall time of one loss-and-gradient call after warm-up.
-      compile_s: wall time of the first call (tracing, plus XLA compilation under ``jit_compile``).
-      nfe_forward: right-hand-side evaluations of the forward solve (``sol.stats['nfe']``).
-      nfe_backward: evaluations (or VJPs) of the backward pass; see ``nfe_note``.
-      peak_memory_bytes: peak of TensorFlow's CPU/GPU allocator during one call, or None.
-      status: ``"ok"``, ``"inaccurate"`` (rel_error above the comparison's tolerance),
-        ``"failed: ..."`` or ``"skipped: ..."``.
-      nfe_note: how ``nfe_backward`` was obtained.
-    """
-
-    sensealg: str
-    gradient: list | None = None
-    rel_error: float | None = None
-    time_s: float | None = None
-    compile_s: float | None = None
-    nfe_forward: int | None = None
-    nfe_backward: int | None = None
-    peak_memory_bytes: int | None = None
-    status: str = "ok"
-    nfe_note: str = ""
-
-
-@dataclasses.dataclass
-class Comparison:
-    """The result of `compare_sensitivities`.
-
-    Attributes:
-      rows: list of `Row`, one per algorithm, then the finite-difference row.
-      reference: how the reference gradient was computed (text).
-      reference_gradient: ``[n]`` list of floats.
-      tolerance: the relative error a row may have and still be ``"ok"``.
-      problem: a short description of the problem, method and tolerances.
-      memory_note: how memory was measured (or why it was not).
-    """
-
-    rows: list
-    reference: str
-    reference_gradient: list
-    tolerance: float
-    problem: str = ""
-    memory_note: str = ""
-
-    def __str__(self) -> str:
-        head = ["sensealg", "rel_error", "time_ms", "compile_s", "nfe_fwd", "nfe_bwd", "peak_MB", "status"]
-
-        def fmt(x, spec):
-            return "-" if x is None else format(x, spec)
-
-        lines = [
-            [
-                r.sensealg, fmt(r.rel_error, ".2e"), fmt(None if r.time_s is None else 1e3 * r.time_s, ".2f"),
-                fmt(r.compile_s, ".1f"), fmt(r.nfe_forward, "d"), fmt(r.nfe_backward, "d"),
-                fmt(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, ".2f"), r.status,
-            ]
-            for r in self.rows
-        ]
-        widths = [max(len(x[i]) for x in [head] + lines) for i in range(len(head))]
-        out = [self.problem, f"reference: {self.reference}; ok if rel_error <= {self.tolerance:.1e}"]
-        for x in [head] + lines:
-            out.append("  ".join(s.ljust(w) if i in (0, 7) else s.rjust(w) for i, (s, w) in enumerate(zip(x, widths))).rstrip())
-        notes = sorted({f"{r.sensealg}: nfe_bwd {r.nfe_note}" for r in self.rows if r.nfe_note})
-        out += notes + ([self.memory_note] if self.memory_note else [])
-        return "\n".join(out)
-
-    def to_json(self) -> str:
-        """A JSON list of rows (dicts with the `Row` fields); metadata rides in every row."""
-        meta = dict(reference=self.reference, reference_gradient=self.reference_gradient,
-                    tolerance=self.tolerance, problem=self.problem, memory_note=self.memory_note)
-        return json.dumps([dict(dataclasses.asdict(r), **meta) for r in self.rows], indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Comparison":
-        """Inverse of `to_json`."""
-        data = json.loads(text)
-        if not data:
-            raise ValueError("empty comparison JSON")
-        names = {f.name for f in dataclasses.fields(Row)}
-        rows = [Row(**{k: v for k, v in d.items() if k in names}) for d in data]
-        d = data[0]
-        return cls(rows=rows, reference=d["reference"], reference_gradient=d["reference_gradient"],
-                   tolerance=d["tolerance"], problem=d.get("problem", ""), memory_note=d.get("memory_note", ""))
-
-    def row(self, name: str) -> Row:
-        """The row named ``name``."""
-        for r in self.rows:
-            if r.sensealg == name:
-                return r
-        raise KeyError(f"no row {name!r}; rows: {[r.sensealg for r in self.rows]}")
-
-    def plot(self, path: str) -> None:
-        """Save a figure of relative error versus median time, one point per algorithm (PNG, PDF, ...).
-
-        Raises:
-          ImportError: matplotlib is missing (``pip install sensode[plot]``).
-        """
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as e:
-            raise ImportError("Comparison.plot needs matplotlib: pip install 'sensode[plot]'") from e
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for r in self.rows:
-            if r.time_s is None or r.rel_error is None:
-                continue
-            ax.scatter(r.time_s * 1e3, max(r.rel_error, 1e-17), label=r.sensealg)
-        ax.axhline(self.tolerance, color="gray", ls="--", lw=0.8, label="tolerance")
-        ax.set(xscale="log", yscale="log", xlabel="median time per gradient [ms]",
-               ylabel="relative error of dL/dθ", title=self.problem[:80])
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
 
 
 def sensealg_name(sa) -> str:
@@ -230,19 +106,19 @@ def default_sensealgs(prob, wrt=("p",)) -> list:
 
 
 def _float_leaves(p):
-    return [x for x in p_leaves(p) if tf.is_tensor(x) and x.dtype.is_floating] if p is not None else []
+    return [x for x in p_leaves(p) if is_differentiable(x)] if p is not None else []
 
 
 def _cast_problem(prob, dtype):
     p = None if prob.p is None else tf.nest.map_structure(
-        lambda x: tf.cast(x, dtype) if tf.is_tensor(x) and x.dtype.is_floating else x, prob.p)
+        lambda x: tf.cast(x, dtype) if is_differentiable(x) else x, prob.p)
     return prob.remake(u0=tf.cast(prob.u0, dtype), p=p)
 
 
 def _theta_fn(prob, wrt):
     """``(theta0 [n] float64, build(theta) -> (u0, p))``: flatten the differentiated inputs."""
     leaves = p_leaves(prob.p) if prob.p is not None else []
-    float_idx = [i for i, x in enumerate(leaves) if tf.is_tensor(x) and x.dtype.is_floating] if "p" in wrt else []
+    float_idx = [i for i, x in enumerate(leaves) if is_differentiable(x)] if "p" in wrt else []
     parts = ([prob.u0] if "u0" in wrt else []) + [leaves[i] for i in float_idx]
     theta0 = tf.concat([tf.reshape(tf.cast(x, tf.float64), [-1]) for x in parts], 0) if parts else tf.zeros([0], tf.float64)
     sizes = [int(x.shape.num_elements()) for x in parts]
@@ -251,7 +127,7 @@ def _theta_fn(prob, wrt):
         chunks = tf.split(theta, sizes) if sizes else []
         chunks = [tf.reshape(tf.cast(c, dtype), x.shape) for c, x in zip(chunks, parts)]
         u0 = chunks.pop(0) if "u0" in wrt else tf.cast(prob.u0, dtype)
-        new = [tf.cast(x, dtype) if tf.is_tensor(x) and x.dtype.is_floating else x for x in leaves]
+        new = [tf.cast(x, dtype) if is_differentiable(x) else x for x in leaves]
         for i, c in zip(float_idx, chunks):
             new[i] = c
         p = tf.nest.pack_sequence_as(prob.p, new) if prob.p is not None else None
