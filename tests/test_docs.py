@@ -115,7 +115,10 @@ def test_every_page_is_found_and_has_the_expected_blocks():
 
 
 _MEMORY = """
-import sys, tensorflow as tf
+import os, sys
+if sys.argv[1] == "early":
+    os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # as `python -m sensode.compare` does, before any op
+import tensorflow as tf
 if sys.argv[1] == "late":
     tf.constant(1.0)  # TensorFlow's devices now exist: too late to choose the allocator
 import sensode, sensode.compare
@@ -130,8 +133,9 @@ print("NOTE", c.memory_note)
 
 @pytest.mark.parametrize("when", ["early", "late"])
 def test_cli_memory_column_on_cpu_is_measured_or_explained(when):
-    # docs/cli.md, "Memory on CPU": the comparison sets TF_CPU_ALLOCATOR_USE_BFC itself when it
-    # can; when it cannot, the column is empty and the note names the variable -- never 0 MB.
+    # docs/cli.md, "Memory on CPU": with TF_CPU_ALLOCATOR_USE_BFC set before TensorFlow starts
+    # (as the CLI does) the peak is measured; without it, the column is empty and the note
+    # names the variable -- never 0 MB.
     import os
     import subprocess
     import sys

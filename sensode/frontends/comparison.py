@@ -22,7 +22,6 @@ at ``t0`` and ``t1``). It must be written with TensorFlow ops (it is traced in
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
 import time
@@ -43,15 +42,15 @@ from ..api import adjoint_sensitivities, solve
 from ..ode.methods import Tsit5
 
 # Peak memory on CPU: TensorFlow's default CPU allocator keeps no statistics
-# (`get_memory_info('CPU:0')` reads 0 or raises); its BFC allocator does, and
-# is chosen by this variable, read once when TensorFlow creates its devices
-# (the first op or device query, not `import tensorflow`). `python -m
-# sensode.compare` imports this module before that, so the setting takes
-# effect there; in a process that has already run TensorFlow ops it has none,
-# which `_memory_measurable` detects (the column then shows "-").
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+# for small buffers (`get_memory_info('CPU:0')` reads 0); its BFC allocator
+# does, and is chosen by TF_CPU_ALLOCATOR_USE_BFC=true, read once when
+# TensorFlow creates its devices (the first op, not `import tensorflow`). The
+# library does not set it: changing the allocator of a user's whole process on
+# import is not its business (a test suite that did so crashed in a later,
+# unrelated XLA test). `python -m sensode.compare` sets it for its own process;
+# elsewhere `_memory_measurable` detects the allocator and the column shows "-".
 MEMORY_HINT = ("set TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow starts (e.g. `TF_CPU_ALLOCATOR_USE_BFC=true "
-               "python script.py`, or import sensode.compare before running any TensorFlow op)")
+               "python script.py`; `python -m sensode.compare` does this itself)")
 
 from .comparison_result import Comparison, Row
 
@@ -276,9 +275,8 @@ def compare_sensitivities(
       `Comparison`. Times are wall-clock medians (noisy on shared machines); ``compile_s`` is
       the first call. Peak memory: TensorFlow's allocator statistics
       (``tf.config.experimental.get_memory_info``); on CPU they need the BFC allocator
-      (``TF_CPU_ALLOCATOR_USE_BFC=true`` before TensorFlow starts, which importing this module
-      sets when it is early enough); otherwise ``peak_memory_bytes`` is None and the note
-      says why.
+      (``TF_CPU_ALLOCATOR_USE_BFC=true`` before TensorFlow starts; ``python -m sensode.compare``
+      sets it for its process); otherwise ``peak_memory_bytes`` is None and the note says why.
     """
     say = progress or (lambda s: None)
     alg = Tsit5() if alg is None else alg
