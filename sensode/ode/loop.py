@@ -480,7 +480,7 @@ def _finish(ctx: _Ctx, final: _State) -> IntegrateResult:
         saved = [b + tf.where(_rows_mask(unreached, b.shape.rank - 1), nan, tf.zeros_like(nan)) for b in final.saved]
         ys = tf.nest.pack_sequence_as(ctx.structure, nan_gradient_if(failed, saved))
     y1 = [y + tf.where(failed, nan, tf.zeros_like(nan)) for y in final.y]
-    rec = final.rec._replace(count=final.accepted) if ctx.record else None
+    rec = _dense.finalize(final.rec, final.accepted, ctx.direction) if ctx.record else None
     return IntegrateResult(
         y1=tf.nest.pack_sequence_as(ctx.structure, nan_gradient_if(failed, y1)),
         ys=ys, t=final.t, stats=stats, status=status, h=final.h, record=rec,
