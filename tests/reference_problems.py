@@ -124,6 +124,21 @@ def lv_problem(dtype=tf.float64, u0=LV_U0, p=LV_P, tspan=LV_TSPAN):
     return sd.models.lotka_volterra(p=p, u0=u0, tspan=tspan, dtype=dtype)
 
 
+# --- sensitivity algorithms ------------------------------------------------------
+# Name -> algorithm. "default" is sensealg=None (the gradient comes from
+# `default_sensealg`'s choice, computed on demand).
+SENSEALGS = {
+    "forward": sd.ForwardSensitivity(),
+    "discrete": sd.DiscreteAdjoint(),
+    "discrete_ckpt": sd.DiscreteAdjoint(checkpoints=2),
+    "backsolve": sd.BacksolveAdjoint(),
+    "interpolating": sd.InterpolatingAdjoint(),
+    "interpolating_ckpt": sd.InterpolatingAdjoint(checkpoints=2),
+    "quadrature": sd.QuadratureAdjoint(),
+    "default": None,
+}
+
+
 # --- execution modes -------------------------------------------------------------
 EXECUTION_MODES = ("eager", "function", "xla")
 

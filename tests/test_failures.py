@@ -17,20 +17,11 @@ import pytest
 import tensorflow as tf
 
 import sensode as sd
-from reference_problems import decay_exact, decay_problem, lv_problem
+from reference_problems import SENSEALGS, decay_exact, decay_problem, lv_problem
 
 F64 = tf.float64
 
-ALGS = {
-    "forward": sd.ForwardSensitivity(),
-    "discrete": sd.DiscreteAdjoint(),
-    "discrete_ckpt": sd.DiscreteAdjoint(checkpoints=2),
-    "backsolve": sd.BacksolveAdjoint(),
-    "interpolating": sd.InterpolatingAdjoint(),
-    "interpolating_ckpt": sd.InterpolatingAdjoint(checkpoints=2),
-    "quadrature": sd.QuadratureAdjoint(),
-    "default": None,
-}
+ALGS = SENSEALGS
 TS = [0.0, 0.5, 1.0, 1.5, 2.0]
 
 

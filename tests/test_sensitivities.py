@@ -24,23 +24,11 @@ import tensorflow as tf
 
 import sensode as sd
 
-from reference_problems import LINEAR_A, LINEAR_U0, LV_P, LV_U0, in_mode, lv_rhs_numpy
+from reference_problems import LINEAR_A, LINEAR_U0, LV_P, LV_U0, SENSEALGS, in_mode, lv_rhs_numpy
 
 F64 = tf.float64
 F32 = tf.float32
 
-# Name -> algorithm. "default" is sensealg=None (the gradient comes from
-# `default_sensealg`'s choice, computed on demand).
-SENSEALGS = {
-    "forward": sd.ForwardSensitivity(),
-    "discrete": sd.DiscreteAdjoint(),
-    "discrete_ckpt": sd.DiscreteAdjoint(checkpoints=2),
-    "backsolve": sd.BacksolveAdjoint(),
-    "interpolating": sd.InterpolatingAdjoint(),
-    "interpolating_ckpt": sd.InterpolatingAdjoint(checkpoints=2),
-    "quadrature": sd.QuadratureAdjoint(),
-    "default": None,
-}
 ALL = list(SENSEALGS)
 CONTINUOUS = ["backsolve", "interpolating", "quadrature"]  # what adjoint_sensitivities takes
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from .linear import Factorised, Layout, jacobian
 from .methods import MethodStep
-from .rosenbrock import _Stiff, interpolate_rows
+from .rosenbrock import _lincomb, _Stiff, interpolate_rows
 
 __all__ = ["Kvaerno5"]
 
@@ -55,15 +55,6 @@ _ALPHA = {
 }
 _B = _A[7] + [_GAMMA]
 _B_ERR = [b - a for b, a in zip(_B, _A[6] + [_GAMMA, 0.0])]
-
-
-def _lincomb(coefs, vecs):
-    out = None
-    for c, v in zip(coefs, vecs):
-        if c == 0.0:
-            continue
-        out = c * v if out is None else out + c * v
-    return out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
