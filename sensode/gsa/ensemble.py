@@ -27,7 +27,6 @@ backward pass therefore always runs sample by sample (`tf.map_fn`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -304,7 +303,6 @@ def solve_ensemble(
     t1 = tf.cast(prob.tspan[1], dtype)
     ts = tf.stack([t0, t1]) if saveat is None else tf.cast(saveat, dtype)
     solve_opts = dict(dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax)
-    opts = {"alg": alg, "solve": solve_opts}
 
     def body(u0b, pb, t0, t1, ts):
         sub = sd.ODEProblem(prob.f, prob.u0, (tf.stop_gradient(t0), tf.stop_gradient(t1)), prob.p)
