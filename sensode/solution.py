@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import enum
 from typing import Any
@@ -52,6 +54,12 @@ class SolverError(RuntimeError):
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
+        if status is None:
+            # Frameworks that re-raise with added context (Keras wraps errors
+            # raised in ``Layer.call`` as ``type(e)(new_message)``) pass only
+            # the message: recover the code from it.
+            found = re.search(r"status (\d+)", str(message))
+            status = int(found.group(1)) if found else None
         self.status = status
 
 
