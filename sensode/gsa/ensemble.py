@@ -1,27 +1,38 @@
 """Ensemble solves: B trajectories, each with its own u0 / p, step size and status.
 
-``stepping="per_sample"`` runs one `sensode.solve` per sample, vectorised with
-`tf.vectorized_map` (pfor). pfor turns the solver's `tf.while_loop` into one
-batched loop in which every sample keeps its own loop state (time, step size,
-step count, status) and drops out when it is done, so a hard sample neither
-shrinks the steps of the others nor fails them. Under XLA pfor cannot run
-(its converted loop compacts the active samples into tensors of changing size
-and writes them to TensorLists, which XLA does not compile), so inside
-``tf.function(jit_compile=True)`` the samples run one after another with
-`tf.map_fn`, each still its own compiled loop (``vectorize="map"`` chooses
-that anywhere).
+``stepping="per_sample"`` gives every sample its own step size, step count
+and status, so a hard sample neither shrinks the steps of the others nor
+fails them. How the samples are vectorised (``vectorize``):
+
+* ``"native"`` (what ``"auto"`` picks for explicit Runge--Kutta methods):
+  `sensode.ode.batched.integrate_batched`, one `tf.while_loop` over the whole
+  batch whose state holds a time, a step size, the controller's memory,
+  counters, a status and a save index per sample (torchode's design). Each
+  iteration steps every sample at once with its own ``h``; ``f`` is called for
+  the batch through `tf.vectorized_map` over ``(t, u, p)`` (pfor of a
+  loop-free function is cheap). Runs in graphs and under XLA.
+* ``"pfor"``: one `sensode.solve` per sample, vectorised with
+  `tf.vectorized_map`. pfor turns the solver's `tf.while_loop` into one
+  batched loop in which every sample keeps its own loop state and drops out
+  when it is done; it gathers and scatters the active samples every
+  iteration (slow), and cannot run under XLA (its converted loop writes
+  TensorLists of changing size). ``"auto"`` uses it for methods the native
+  loop does not run (stiff methods) outside XLA.
+* ``"map"``: `tf.map_fn`, the samples one after another, each its own
+  compiled loop; ``"auto"``'s choice for those methods under XLA.
 
 ``stepping="shared"`` is the batched solve the core offers: one problem with
 state ``[B, *u0.shape]`` whose right-hand side maps ``f`` over the samples;
 every sample then takes the steps the batch's error norm allows.
 
 Gradients: the per-sample path has its own `tf.custom_gradient`. The backward
-pass runs, per sample and vectorised the same way, the forward solve again
-under a tape with the chosen ``sensealg`` and takes its vector-Jacobian
-product: pfor cannot differentiate its own converted loop, but it can
-vectorise a gradient that was built sample by sample. `DiscreteAdjoint`
-differentiates the loop itself, whose gradient pfor cannot vectorise; its
-backward pass therefore always runs sample by sample (`tf.map_fn`).
+pass runs, per sample and vectorised with pfor (``map`` under XLA), the
+forward solve again under a tape with the chosen ``sensealg`` and takes its
+vector-Jacobian product: pfor cannot differentiate its own converted loop,
+but it can vectorise a gradient that was built sample by sample.
+`DiscreteAdjoint` differentiates the loop itself, whose gradient pfor cannot
+vectorise; its backward pass therefore always runs sample by sample
+(`tf.map_fn`).
 """
 
 from __future__ import annotations
@@ -32,12 +43,15 @@ import numpy as np
 import tensorflow as tf
 
 import sensode as sd
+from sensode.api import _prepare
+from sensode.ode.batched import integrate_batched
+from sensode.ode.methods import ExplicitRK
 
 __all__ = ["EnsembleSolution", "solve_ensemble"]
 
 _STAT_KEYS = ("nfe", "steps", "accepted", "rejected")
 _STEPPING = ("per_sample", "shared")
-_VECTORIZE = ("auto", "pfor", "map")
+_VECTORIZE = ("auto", "native", "pfor", "map")
 
 
 def _in_xla_context() -> bool:
@@ -154,8 +168,49 @@ def _vmap(fn, elems, out_sig, vectorize):
     return tf.map_fn(fn, elems, fn_output_signature=out_sig)
 
 
-def _per_sample(prob, u0b, pb, opts, sensealg, vectorize):
-    """Vectorised per-sample solves with a per-sample custom gradient."""
+def _native_plan(prob, u0b, pb, opts):
+    """The checked inputs of the native batched loop, or None where it does not apply.
+
+    One sample's problem goes through `solve`'s own input checks (so the
+    default method, the tolerances and the run-time ``saveat`` check are
+    those of `sensode.solve`); the native loop runs explicit Runge--Kutta
+    methods with scalar tolerances.
+    """
+    single = sd.ODEProblem(prob.f, u0b[0], prob.tspan, tf.nest.map_structure(lambda x: x[0], pb))
+    alg, spec, ts, t0, t1, valid = _prepare(single, opts["alg"], controller=None, **opts["solve"])
+    o = spec.options
+    if not isinstance(alg, ExplicitRK) or o.rtol.shape.rank != 0 or o.atol.shape.rank != 0:
+        return None
+    return alg, spec, ts, t0, t1, valid
+
+
+def _native_forward(plan, u0b, pb):
+    """``(u [B, T, ...], status [B], stats)`` from `integrate_batched`."""
+    alg, spec, ts, t0, t1, valid = plan
+    batch = tf.shape(u0b)[0]
+    state_shape = tf.shape(u0b)[1:]
+    f = spec.f
+
+    def fn(t, y):  # t [B, 1], y [[B, N]]: f per sample, vectorised (no loop inside: cheap for pfor)
+        u = tf.reshape(y[0], tf.concat([[batch], state_shape], 0))
+        out = tf.vectorized_map(lambda a: f(a[0], a[1], a[2]), (t[:, 0], u, pb))
+        return [tf.reshape(out, [batch, -1])]
+
+    res = integrate_batched(fn, tf.reshape(u0b, [batch, -1]), t0, t1, alg, spec.options, saveat=ts)
+    u = tf.reshape(res.ys, tf.concat([[batch, tf.shape(ts)[0]], state_shape], 0))
+    status = res.status
+    if valid is not None:
+        status = tf.where(valid, status, tf.constant(sd.Status.INVALID_INPUT, tf.int32))
+    return u, status, tuple(res.stats[k] for k in _STAT_KEYS)
+
+
+def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
+    """Vectorised per-sample solves with a per-sample custom gradient.
+
+    ``plan`` (from `_native_plan`): the forward pass is the native batched
+    loop; else it maps `sensode.solve` over the samples with ``vectorize``.
+    The backward pass maps with ``vectorize`` (``"pfor"`` or ``"map"``).
+    """
     dtype = u0b.dtype
     structure = pb
     p_leaves = tf.nest.flatten(pb)
@@ -173,7 +228,10 @@ def _per_sample(prob, u0b, pb, opts, sensealg, vectorize):
 
     @tf.custom_gradient
     def run(u0b_, *leaves_b):
-        u, status, stats = _vmap(forward_one, (u0b_, list(leaves_b)), fwd_sig, vectorize)
+        if plan is not None:
+            u, status, stats = _native_forward(plan, u0b_, tf.nest.pack_sequence_as(structure, list(leaves_b)))
+        else:
+            u, status, stats = _vmap(forward_one, (u0b_, list(leaves_b)), fwd_sig, vectorize)
         u = _nan_where_failed(u, status)
 
         def grad(g_u, *unused, variables=None):
@@ -223,17 +281,25 @@ def _shared(prob, u0b, pb, opts, sensealg):
 def _ensemble_graph(prob, u0b, pb, saveat, opts, sensealg, stepping, vectorize):
     if stepping == "shared":
         return _shared(prob, u0b, pb, opts, sensealg)
-    if vectorize == "auto":
-        vectorize = "map" if _in_xla_context() else "pfor"
-    elif vectorize == "pfor" and _in_xla_context():
+    xla = _in_xla_context()
+    if vectorize == "pfor" and xla:
         raise ValueError(
             "vectorize='pfor' cannot run under XLA (pfor's converted while loop is not XLA-compilable); "
-            "use vectorize='auto' or 'map' inside tf.function(jit_compile=True)"
+            "use vectorize='auto', 'native' or 'map' inside tf.function(jit_compile=True)"
         )
+    plan = None
+    if vectorize in ("auto", "native"):
+        plan = _native_plan(prob, u0b, pb, opts)
+        if plan is None and vectorize == "native":
+            raise ValueError(
+                "vectorize='native' runs explicit Runge-Kutta methods (Tsit5, DP5, BS3, DP8, ...) with scalar "
+                f"rtol / atol; got alg={opts['alg']!r}: use vectorize='auto', 'pfor' or 'map'"
+            )
+        vectorize = "map" if xla else "pfor"  # the backward pass (and the forward one without a plan)
     if sensealg is None:
         single = sd.ODEProblem(prob.f, u0b[0], prob.tspan, tf.nest.map_structure(lambda x: x[0], pb))
         sensealg = sd.default_sensealg(single)[0]
-    return _per_sample(prob, u0b, pb, opts, sensealg, vectorize)
+    return _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan)
 
 
 _EAGER_CACHE: dict = {}
@@ -272,10 +338,14 @@ def solve_ensemble(
       stepping: ``"per_sample"`` (each sample its own step size, step count
         and status) or ``"shared"`` (one batched solve: one step size for all,
         the batch's status for every sample).
-      vectorize: per-sample only: ``"pfor"`` (`tf.vectorized_map`, one batched
-        loop; not under XLA), ``"map"`` (`tf.map_fn`, samples one after
-        another, works everywhere), ``"auto"`` (``"map"`` under XLA, else
-        ``"pfor"``).
+      vectorize: per-sample only: ``"native"`` (one batched loop with a step
+        size per sample; explicit Runge--Kutta methods; works everywhere, XLA
+        included), ``"pfor"`` (`tf.vectorized_map` of `sensode.solve`; not
+        under XLA), ``"map"`` (`tf.map_fn`, samples one after another, works
+        everywhere), ``"auto"`` (``"native"`` where it applies, else ``"map"``
+        under XLA and ``"pfor"`` elsewhere). The backward pass of a gradient
+        maps a tape over the samples: ``"map"`` under XLA, else ``"pfor"``
+        (``"map"`` / ``"pfor"`` given here are used as given).
       throw: in eager mode raise `sensode.SolverError` if any sample failed.
 
     Returns:

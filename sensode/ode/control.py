@@ -15,15 +15,19 @@ import tensorflow as tf
 __all__ = ["PIController", "SolveOptions", "error_ratio", "initial_step"]
 
 
-def _sum_sq(xs):
+def _sum_sq(xs, per_row=False):
+    if per_row:  # one sum per row: [B, 1]
+        return tf.add_n([tf.reduce_sum(tf.square(x), axis=-1, keepdims=True) for x in xs])
     return tf.add_n([tf.reduce_sum(tf.square(x)) for x in xs])
 
 
-def _count(xs, dtype):
+def _count(xs, dtype, per_row=False):
+    if per_row:
+        return tf.cast(tf.add_n([tf.shape(x)[-1] for x in xs]), dtype)
     return tf.cast(tf.add_n([tf.size(x) for x in xs]), dtype)
 
 
-def error_ratio(err, y0, y1, rtol, atol, err_secondary=None, include=None):
+def error_ratio(err, y0, y1, rtol, atol, err_secondary=None, include=None, per_row=False):
     """Mixed absolute/relative RMS error norm of a step; ``<= 1`` accepts it.
 
     ``scale_i = atol + rtol * max(|y0_i|, |y1_i|)`` and the norm is
@@ -34,6 +38,10 @@ def error_ratio(err, y0, y1, rtol, atol, err_secondary=None, include=None):
 
     With ``err_secondary`` the DOP853 combination is used:
     ``E5² / sqrt((E5² + 0.01 E3²) N)``.
+
+    ``per_row=True`` (the per-sample batched loop, `sensode.ode.batched`): the
+    leaves are ``[B, N]`` rows, one sample each, and the norm is taken per row
+    (``[B, 1]``).
     """
     idx = [i for i in range(len(err)) if include is None or include[i]]
     scaled = []
@@ -44,11 +52,11 @@ def error_ratio(err, y0, y1, rtol, atol, err_secondary=None, include=None):
         if err_secondary is not None:
             scaled2.append(err_secondary[i] / scale)
     dtype = err[0].dtype
-    n = _count(scaled, dtype)
-    e5 = _sum_sq(scaled)
+    n = _count(scaled, dtype, per_row)
+    e5 = _sum_sq(scaled, per_row)
     if err_secondary is None:
         return tf.sqrt(e5 / n)
-    e3 = _sum_sq(scaled2)
+    e3 = _sum_sq(scaled2, per_row)
     denom = tf.sqrt((e5 + 0.01 * e3) * n)
     return tf.math.divide_no_nan(e5, denom)
 
@@ -99,15 +107,16 @@ class PIController:
         return tf.where(accepted, grow, shrink)
 
 
-def initial_step(fn, t0, y0, f0, direction, order: int, rtol, atol, span):
+def initial_step(fn, t0, y0, f0, direction, order: int, rtol, atol, span, per_row=False):
     """Starting step size of Hairer, Nørsett & Wanner (Solving ODEs I, II.4).
 
-    Costs one evaluation of ``fn``. Returns a positive scalar (no sign).
+    Costs one evaluation of ``fn``. Returns a positive scalar (no sign); with
+    ``per_row=True`` (``[B, N]`` leaves, ``t0`` ``[B, 1]``) one per row, ``[B, 1]``.
     """
     dtype = t0.dtype
     scale = [atol + rtol * tf.abs(y) for y in y0]
-    n = _count(y0, dtype)
-    rms = lambda xs: tf.sqrt(_sum_sq([x / s for x, s in zip(xs, scale)]) / n)  # noqa: E731
+    n = _count(y0, dtype, per_row)
+    rms = lambda xs: tf.sqrt(_sum_sq([x / s for x, s in zip(xs, scale)], per_row) / n)  # noqa: E731
     d0 = rms(y0)
     d1 = rms(f0)
     small = tf.constant(1e-5, dtype)
