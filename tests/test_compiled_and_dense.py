@@ -62,3 +62,34 @@ def test_record_lookup_matches_searchsorted(n, count, direction):
     ref = np.searchsorted(direction * starts[:count], direction * t, side="right") - 1
     got = dense._step_index(rec, tf.constant(t), tf.constant(direction, F64)).numpy()
     np.testing.assert_array_equal(np.clip(got, 0, count - 1), np.clip(ref, 0, count - 1))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "xla"])
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["forward", "backward"])
+def test_long_saveat_written_through_window_matches_closed_form(compiled, direction):
+    # 320 save times: steps that pass a few of them (window writes), a cluster of 200 inside one step
+    # (more than the window: the whole-buffer write), repeats, and both ends.
+    from sensode.ode import loop
+
+    grid = np.concatenate([np.linspace(0.0, 2.0, 117), np.linspace(0.3, 0.31, 200), [1.0, 1.0, 2.0]])
+    ts_np = np.sort(grid)[:: int(direction)]
+    u0 = tf.constant([1.0, -2.0, 0.5, 3.0], F64)
+    assert len(ts_np) >= loop._WINDOWED_FROM and len(ts_np) * 4 >= loop._WINDOWED_WORK
+    t0, t1 = (0.0, 2.0) if direction > 0 else (2.0, 0.0)
+    w = tf.constant(np.random.default_rng(0).normal(size=(len(ts_np), 4)))
+
+    def loss_and_grads(k, ts):
+        with tf.GradientTape() as tape:
+            tape.watch([k, ts])
+            sol = sd.solve(sd.ODEProblem(lambda t, u, p: -p * u, u0, (t0, t1), k), sd.Tsit5(), saveat=ts,
+                           rtol=1e-10, atol=1e-12, sensealg=sd.DiscreteAdjoint(), compile=False)
+            loss = tf.reduce_sum(w * sol.u)
+        return sol.u, tape.gradient(loss, [k, ts])
+
+    run = tf.function(loss_and_grads, jit_compile=True) if compiled else loss_and_grads
+    k = 0.8
+    u, (dk, dts) = run(tf.constant(k, F64), tf.constant(ts_np))
+    exact = u0.numpy()[None] * np.exp(-k * (ts_np - t0))[:, None]
+    np.testing.assert_allclose(u.numpy(), exact, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(float(dk), np.sum(w.numpy() * exact * -(ts_np - t0)[:, None]), rtol=1e-6)
+    np.testing.assert_allclose(dts.numpy(), np.sum(w.numpy() * -k * exact, axis=1), rtol=1e-6, atol=1e-9)
