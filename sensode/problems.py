@@ -63,13 +63,34 @@ class ODEProblem:
       p: ``None``, a tensor, or a nest (dict / list / tuple) of tensors, passed
         to ``f`` unchanged. Gradients flow to it explicitly, never through
         tensors that ``f`` closes over.
+      jac: optional ``jac(t, u, p) -> df/du``, the Jacobian of ``f`` with
+        respect to the state, used by the stiff methods (`Rodas5`,
+        `Rosenbrock23`, `Kvaerno5`, the stiff steps of `AutoTsit5Rodas5`)
+        for their Newton / W matrix instead of automatic differentiation.
+        Shape ``[N, N]`` with ``N = u.size``: ``J[i, j] = d f_i / d u_j`` for
+        ``u`` and ``f`` flattened in row-major (C) order. For a state of rank
+        2 or more, ``[*batch, n]``, it may instead return the per-system
+        blocks ``[*batch, n, n]`` (``J[b, i, j] = d f[b, i] / d u[b, j]``;
+        the systems must then be independent): sensode assembles the
+        block-diagonal ``[N, N]``. Same dtype as ``u0``. Any other shape
+        raises a `ValueError` naming ``jac`` when the solve is traced. ``df/dt``
+        (non-autonomous ``f``, Rosenbrock methods) still comes from automatic
+        differentiation. ``jac`` must be exact for `Rodas5` (not a W-method);
+        `Kvaerno5` and `Rosenbrock23` tolerate an approximate one. Explicit
+        methods ignore it. The solution depends on ``jac`` only through the
+        steps it produces: gradients flow through it like through any other
+        part of the method (`DiscreteAdjoint` differentiates it; the other
+        algorithms do not need its derivatives).
 
-    The inputs are kept as attributes ``f``, ``u0``, ``tspan``, ``p``.
+    The inputs are kept as attributes ``f``, ``u0``, ``tspan``, ``p``, ``jac``.
     """
 
-    def __init__(self, f: Callable, u0: Any, tspan, p: Any = None):
+    def __init__(self, f: Callable, u0: Any, tspan, p: Any = None, *, jac: Callable | None = None):
         _check_callable(f, "f", "f(t, u, p)")
+        if jac is not None:
+            _check_callable(jac, "jac", "jac(t, u, p) -> df/du")
         self.f = f
+        self.jac = jac
         self.u0 = check_u0(u0)
         if not isinstance(tspan, (tuple, list)) and not (tf.is_tensor(tspan) and tspan.shape == (2,)):
             raise TypeError(f"`tspan` must be a pair (t0, t1), got {tspan!r}")
@@ -78,13 +99,14 @@ class ODEProblem:
         self.tspan = tuple(tspan) if isinstance(tspan, (tuple, list)) else (tspan[0], tspan[1])
         self.p = p
 
-    def remake(self, *, u0=None, tspan=None, p=None, f=None) -> "ODEProblem":
-        """A copy with some inputs replaced (as `remake` in SciML)."""
+    def remake(self, *, u0=None, tspan=None, p=None, f=None, jac=None) -> "ODEProblem":
+        """A copy with some inputs replaced (as `remake` in SciML); ``jac`` is kept unless replaced."""
         return ODEProblem(
             f if f is not None else self.f,
             u0 if u0 is not None else self.u0,
             tspan if tspan is not None else self.tspan,
             p if p is not None else self.p,
+            jac=jac if jac is not None else self.jac,
         )
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ __all__ = [
     "check_saveat",
     "check_max_steps",
     "checked_f",
+    "checked_jac",
     "static_value",
 ]
 
@@ -162,3 +163,40 @@ def checked_f(f, u0, name="f"):
         return out
 
     return rhs
+
+
+def checked_jac(jac, u0):
+    """Wrap ``jac(t, u, p)`` so that it returns the ``[N, N]`` Jacobian of the flattened state.
+
+    ``N = u0.size``. Accepts ``[N, N]``, or for a state ``[*batch, n]`` of
+    rank >= 2 the blocks ``[*batch, n, n]``, assembled into the block
+    diagonal. Anything else raises (at trace time) a `ValueError` naming ``jac``.
+    """
+    shape, dtype = u0.shape, u0.dtype
+    n_all = int(shape.num_elements())
+    full = tf.TensorShape([n_all, n_all])
+    blocks = shape.concatenate([shape[-1]]) if shape.rank >= 2 else None
+
+    def jacobian(t, u, p):
+        out = jac(t, u, p)
+        if not (tf.is_tensor(out) or isinstance(out, (np.ndarray, list, tuple))):
+            raise TypeError(f"`jac` must return a tensor (df/du), got {type(out).__name__}")
+        out = tf.convert_to_tensor(out)
+        if out.dtype != dtype:
+            raise TypeError(f"`jac` returned dtype {out.dtype.name}, but the state `u` has dtype {dtype.name}")
+        if out.shape == full:
+            return out
+        if blocks is not None and out.shape == blocks:
+            n = int(shape[-1])
+            b = n_all // n
+            out = tf.reshape(out, [b, n, n])
+            eye = tf.eye(b, dtype=dtype)
+            # [b, n, b, n] with entry (i, r, j, c) = delta_ij out[i, r, c]: the block diagonal.
+            return tf.reshape(eye[:, None, :, None] * out[:, :, None, :], [n_all, n_all])
+        also = f" or the per-system blocks {blocks.as_list()}" if blocks is not None else ""
+        raise ValueError(
+            f"`jac` returned shape {out.shape}, but a state of shape {shape.as_list()} needs df/du of shape "
+            f"{full.as_list()} (N = u.size, u flattened in row-major order){also}"
+        )
+
+    return jacobian

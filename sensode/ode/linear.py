@@ -29,7 +29,7 @@ import tensorflow as tf
 from .. import tfcompat
 from ..nonlinear.linsolve import LU
 
-__all__ = ["Layout", "jacobian", "Factorised", "UNROLL_UNDER_XLA"]
+__all__ = ["Layout", "jacobian", "time_derivative", "WithJacobian", "Factorised", "UNROLL_UNDER_XLA"]
 
 # Under XLA, a discrete adjoint differentiates the Jacobian itself, and the
 # gradient of TF's vectorised (pfor) Jacobian has dynamic transposes that XLA
@@ -105,6 +105,32 @@ def jacobian(fn_vec: Callable, t, y, with_t: bool = True):
     jac, dfdt = tape.jacobian(out, [y, t], experimental_use_pfor=pfor,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return jac, dfdt
+
+
+def time_derivative(fn_vec: Callable, t, y):
+    """``df/dt`` of ``fn_vec(t, y) -> [N]`` at ``(t, y)``: one forward-mode tangent in ``t``."""
+    with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as acc:
+        out = fn_vec(t, y)
+    return acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+class WithJacobian:
+    """A right-hand side ``fn(t, y)`` that also supplies its Jacobian ``jac(t, y) -> [N, N]``.
+
+    ``y`` is whatever ``fn`` takes (a tensor, or the loop's flat list of
+    leaves); ``N`` is its total number of elements, the leaves flattened in
+    row-major order and concatenated (`Layout`). The loop keeps the wrapper
+    around its flat view of ``fn``, and the stiff methods use ``jac`` for
+    their Newton / W matrix instead of differentiating ``fn``. It is only a
+    matrix for the linear algebra: ``fn`` alone defines the ODE.
+    """
+
+    def __init__(self, fn: Callable, jac: Callable):
+        self.fn = fn
+        self.jac = jac
+
+    def __call__(self, t, y):
+        return self.fn(t, y)
 
 
 def _jacobian_unrolled(fn_vec, t, y, with_t):

@@ -25,6 +25,7 @@ import tensorflow as tf
 from ..solution import Status
 from . import dense as _dense
 from .control import PIController, SolveOptions, initial_step
+from .linear import WithJacobian
 from .methods import SMALL_WORK, ODEMethod
 
 __all__ = ["IntegrateResult", "integrate", "Stepper", "Checkpoint", "nan_gradient_if"]
@@ -202,6 +203,9 @@ class Stepper:
         def flat_fn(t, y):
             return tf.nest.flatten(fn(t, tf.nest.pack_sequence_as(structure, y)))
 
+        if isinstance(fn, WithJacobian):  # a supplied Jacobian follows the flat view
+            flat_fn = WithJacobian(flat_fn, lambda t, y: fn.jac(t, tf.nest.pack_sequence_as(structure, y)))
+
         self.ctx = _context(flat_fn, structure, method, self.options, flat0, t0, t1, saveat, tstops, jump,
                             include_in_norm, record, stop_controller_gradients)
         self.t0 = tf.convert_to_tensor(t0, flat0[0].dtype)
@@ -316,7 +320,7 @@ def _initial_state(ctx: _Ctx, options: SolveOptions, y0: list, t0) -> _State:
     init_status = tf.where(_all_finite(y0) & _all_finite(f0), Status.SUCCESS, Status.NONFINITE)
     return _State(
         t=t0, y=y0, f=f0, h=ctx.direction * h_abs, ratio_prev=tf.constant(1.0, dtype),
-        carry=method.init(ctx.fn, t0, y0, f0), saved=saved,
+        carry=method.with_tolerances(method.init(ctx.fn, t0, y0, f0), ctx.rtol, ctx.atol), saved=saved,
         steps=tf.constant(0, tf.int32), accepted=tf.constant(0, tf.int32), rejected=tf.constant(0, tf.int32),
         nfe=nfe, status=tf.cast(init_status, tf.int32), stop=stop, rec=rec,
     )

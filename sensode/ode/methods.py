@@ -6,6 +6,10 @@ steps. It calls, on *flat lists* of state tensors:
 * ``init(fn, t0, y0, f0) -> carry``: the method's own loop state (a nest of
   tensors: e.g. a cached Jacobian and its factorisation); ``()`` for explicit
   Runge--Kutta methods.
+* ``with_tolerances(carry, rtol, atol) -> carry``: the carry given the
+  solve's tolerances (scalar ``rtol``, ``atol`` scalar or broadcastable to
+  the leaves), for methods with inner tolerances (Kvaerno5's Newton
+  iteration); by default the carry unchanged.
 * ``step(fn, t, y, f, h, carry) -> MethodStep``: one attempted step of size
   ``h`` (signed) from ``(t, y)`` with ``f = fn(t, y)``: the proposal, the
   derivative at its end (the next step's first stage), the error estimate,
@@ -19,6 +23,10 @@ steps. It calls, on *flat lists* of state tensors:
   ``theta`` of steps, from their start ``y0`` and ``rows``.
 * ``stats(carry) -> dict``: method-specific counters (Jacobians, LU
   factorisations, linear solves) added to ``sol.stats``.
+
+``fn`` may be a `sensode.ode.linear.WithJacobian` (the problem's ``jac``):
+stiff methods then take ``df/du`` from ``fn.jac`` instead of differentiating
+``fn``.
 
 Static facts: ``order`` (of the solution), ``error_order`` (of the embedded
 estimate; the controller's exponent is ``1 / (error_order + 1)``),
@@ -91,6 +99,9 @@ class ODEMethod:
 
     def init(self, fn: FlatFn, t0, y0: list, f0: list):
         return ()
+
+    def with_tolerances(self, carry, rtol, atol):
+        return carry
 
     def step(self, fn: FlatFn, t, y: list, f: list, h, carry) -> MethodStep:
         raise NotImplementedError

@@ -5,9 +5,11 @@ A Rosenbrock step solves linear systems with ``M = I / (gamma h) - J``
 Newton iteration, no convergence test, one LU per step. Both methods form
 ``J`` (and ``df/dt`` for non-autonomous problems, as the last column of the
 same vectorised Jacobian) by automatic differentiation of the flat
-right-hand side at every step, factorise ``M`` once and reuse it for all
-stages (`sensode.ode.linear.Factorised`, whose solves are differentiated by
-one transposed solve each).
+right-hand side at every step, or take ``J`` from the problem's ``jac``
+(`sensode.ode.linear.WithJacobian`; ``df/dt`` is then one forward-mode
+tangent), factorise ``M`` once and reuse it for all stages
+(`sensode.ode.linear.Factorised`, whose solves are differentiated by one
+transposed solve each).
 
 The method's carry holds only counters (``njac``, ``nlu``, ``nsolve``): the
 Jacobian is re-evaluated every attempt, which `Rodas5` needs for its order
@@ -24,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from .linear import Factorised, Layout, jacobian
+from .linear import Factorised, Layout, WithJacobian, jacobian, time_derivative
 from .methods import MethodStep, ODEMethod
 
 __all__ = ["Rosenbrock23", "Rodas5", "StiffCounters"]
@@ -72,6 +74,10 @@ def interpolate_rows(w, y0: list, h, rows: list) -> list:
 # Eager steps run as graph functions, one per (right-hand side, method): an
 # eager step re-derives its Jacobian machinery op by op (~0.2 s per Rodas5
 # step on a 3-species model); traced once per solve it costs milliseconds.
+# Keyed weakly by the right-hand side, and the graph function holds it only
+# weakly: an entry (and the right-hand side's closure over the user's f and
+# p) lives exactly as long as the caller keeps the right-hand side (the
+# loop's, one solve).
 _EAGER_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -83,10 +89,14 @@ class _Stiff(ODEMethod):
     def step(self, fn, t, y, f, h, carry) -> MethodStep:
         if not tf.executing_eagerly():
             return self._step(fn, t, y, f, h, carry)
-        per_fn = _EAGER_STEPS.setdefault(fn, {})
+        try:
+            per_fn = _EAGER_STEPS.setdefault(fn, {})
+        except TypeError:  # not weakly referenceable: a fresh graph function, uncached
+            return tf.function(self._step)(fn, t, y, f, h, carry)
         key = self  # methods hash by type and options
         if key not in per_fn:
-            per_fn[key] = tf.function(lambda *a: self._step(fn, *a), reduce_retracing=True)
+            ref = weakref.ref(fn)
+            per_fn[key] = tf.function(lambda *a: self._step(ref(), *a), reduce_retracing=True)
         return per_fn[key](t, y, f, h, carry)
 
     def _step(self, fn, t, y, f, h, carry) -> MethodStep:
@@ -102,6 +112,16 @@ class _Stiff(ODEMethod):
     @staticmethod
     def _vector_fn(fn, layout: Layout):
         return lambda t, v: layout.vec(fn(t, layout.unvec(v)))
+
+    @staticmethod
+    def _jacobian(fn, g, layout: Layout, t, yv, with_t: bool = True):
+        """``(J, df/dt)`` at ``(t, yv)``: ``J`` from ``fn.jac`` when ``fn`` supplies it, else by AD."""
+        if not isinstance(fn, WithJacobian):
+            return jacobian(g, t, yv, with_t=with_t)
+        jac = fn.jac(t, layout.unvec(yv))
+        if jac.shape != (layout.size, layout.size):
+            raise ValueError(f"`jac` must give a [{layout.size}, {layout.size}] matrix here, got {jac.shape}")
+        return jac, (time_derivative(g, t, yv) if with_t else None)
 
     # Methods are static keys (compiled-function caches, Keras configs): equal
     # when of one type with the same options.
@@ -138,7 +158,7 @@ class Rosenbrock23(_Stiff):
         layout = Layout(y)
         g = self._vector_fn(fn, layout)
         yv, f0 = layout.vec(y), layout.vec(f)
-        jac, dt = jacobian(g, t, yv)
+        jac, dt = self._jacobian(fn, g, layout, t, yv)
         d = self.d
         w = Factorised(jac, 1.0 / (d * h))
         # With M = I/(d h) - J, W^{-1} x = M^{-1} x / (d h) for W = I - d h J.
@@ -242,7 +262,7 @@ class Rodas5(_Stiff):
         layout = Layout(y)
         g = self._vector_fn(fn, layout)
         yv, f0 = layout.vec(y), layout.vec(f)
-        jac, dt = jacobian(g, t, yv)
+        jac, dt = self._jacobian(fn, g, layout, t, yv)
         w = Factorised(jac, 1.0 / (self.gamma * h))
         inv_h = 1.0 / h
         ks = []

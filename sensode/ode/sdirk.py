@@ -5,9 +5,11 @@ step solves, stage after stage, ``z_i = y + h sum_{j<i} a_ij k_j + h gamma
 f(t + c_i h, z_i)``. Every stage has the same diagonal ``gamma``, so one
 Jacobian and one factorisation of ``M = I / (gamma h) - J`` serve every
 Newton iteration of every stage of a step (the simplified Newton method).
-The iteration stops when the scaled update is below the method's Newton
-tolerance; a stage that has not converged within ``max_newton`` iterations
-gives the step an infinite error estimate, which the loop treats as a
+The iteration stops when the update, scaled by the solve's own tolerances,
+is below ``NEWTON_KAPPA`` (Hairer's ``fnewt``, diffrax's ``kappa``: the
+Newton error then stays well below the local error the controller accepts,
+at loose and tight tolerances alike); a stage that has not converged within
+``max_newton`` iterations gives the step an infinite error estimate, which the loop treats as a
 rejected step and answers with a smaller ``h`` (the loop's ``factor_min``).
 
 The stage derivative is recovered as ``k_i = (z_i - base_i) / (gamma h)``
@@ -18,15 +20,33 @@ Sec. IV.8) that keeps the Newton residual out of the stiff components.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from .linear import Factorised, Layout, jacobian
+from .linear import Factorised, Layout
 from .methods import MethodStep
-from .rosenbrock import _lincomb, _Stiff, interpolate_rows
+from .rosenbrock import StiffCounters, _lincomb, _Stiff, interpolate_rows
 
-__all__ = ["Kvaerno5"]
+__all__ = ["Kvaerno5", "NEWTON_KAPPA"]
+
+# A stage has converged when its Newton update, in the error norm of the
+# solve (scale ``atol + rtol |z|``), is at most this: the iteration error is
+# then a hundredth of what the step-size controller accepts as local error
+# (Hairer & Wanner, Sec. IV.8, take fnewt = 0.03 .. 0.01; diffrax 0.01).
+NEWTON_KAPPA = 1e-2
+# ... but never asked for less than rounding allows (a float32 solve at
+# rtol 1e-7 would otherwise never converge): at least this many ulps.
+_NEWTON_ULPS = 100.0
+
+
+class _NewtonCarry(NamedTuple):
+    """Kvaerno5's loop state: the counters and the Newton tolerances of this solve."""
+
+    counters: StiffCounters
+    rtol: tf.Tensor
+    atol: tf.Tensor
 
 # Kværnø (2004), the 5(4) ESDIRK "Kvaerno5" (7 stages, stiffly accurate:
 # the solution is the last stage, the embedded 4th-order one the sixth).
@@ -70,8 +90,9 @@ class Kvaerno5(_Stiff):
     Args:
       newton_rtol, newton_atol: a stage has converged when the RMS of its
         Newton update scaled by ``newton_atol + newton_rtol |z|`` is at most
-        1. Default: 1e-10 / 1e-12 in float64, 1e-5 / 1e-8 in float32 (set
-        them below the solve's own tolerances).
+        1. Default (None): tied to the solve's tolerances,
+        ``NEWTON_KAPPA * rtol`` (at least 100 ulps) and ``NEWTON_KAPPA *
+        atol``, as Hairer's RADAU5 and diffrax do; a fixed number overrides.
       max_newton: static bound on Newton iterations per stage; a stage that
         has not converged rejects the step.
 
@@ -104,11 +125,26 @@ class Kvaerno5(_Stiff):
     def __hash__(self) -> int:
         return hash((type(self), dataclasses.astuple(self)))
 
-    def _tolerances(self, dtype):
-        f64 = dtype == tf.float64
-        rtol = self.newton_rtol if self.newton_rtol is not None else (1e-10 if f64 else 1e-5)
-        atol = self.newton_atol if self.newton_atol is not None else (1e-12 if f64 else 1e-8)
-        return rtol, atol
+    def init(self, fn, t0, y0, f0):
+        super().init(fn, t0, y0, f0)
+        # Without the loop's tolerances (a bare step): those of rtol 1e-8 / atol 1e-10.
+        return self.with_tolerances(StiffCounters.zeros(), tf.constant(1e-8, y0[0].dtype),
+                                    tf.constant(1e-10, y0[0].dtype))
+
+    def with_tolerances(self, carry, rtol, atol):
+        counters = carry.counters if isinstance(carry, _NewtonCarry) else carry
+        dtype = rtol.dtype
+        floor = _NEWTON_ULPS * np.finfo(dtype.as_numpy_dtype).eps
+        # A per-component atol enters by its smallest entry (the safe side).
+        n_rtol = (tf.maximum(NEWTON_KAPPA * rtol, floor) if self.newton_rtol is None
+                  else tf.constant(self.newton_rtol, dtype))
+        n_atol = (NEWTON_KAPPA * tf.reduce_min(atol) if self.newton_atol is None
+                  else tf.constant(self.newton_atol, dtype))
+        n_atol = tf.maximum(n_atol, np.finfo(dtype.as_numpy_dtype).tiny)  # a zero component never divides 0 / 0
+        return _NewtonCarry(counters, tf.cast(n_rtol, dtype), tf.cast(n_atol, dtype))
+
+    def stats(self, carry) -> dict:
+        return carry.counters.as_stats()
 
     def _newton(self, g, t_i, base, z0, w, gh, rtol, atol):
         """Solve ``z = base + gh g(t_i, z)`` from ``z0``: ``(z, converged, iterations)``."""
@@ -131,8 +167,8 @@ class Kvaerno5(_Stiff):
         layout = Layout(y)
         g = self._vector_fn(fn, layout)
         yv, f0 = layout.vec(y), layout.vec(f)
-        rtol, atol = self._tolerances(yv.dtype)
-        jac, _ = jacobian(g, t, yv, with_t=False)
+        rtol, atol = carry.rtol, carry.atol
+        jac, _ = self._jacobian(fn, g, layout, t, yv, with_t=False)
         gh = _GAMMA * h
         w = Factorised(jac, 1.0 / gh)
         ks = [f0]
@@ -155,7 +191,7 @@ class Kvaerno5(_Stiff):
         f1 = g(t + h, y1)
         err = tf.where(ok_all, h * _lincomb(_B_ERR, ks), tf.constant(np.inf, yv.dtype))
         rows = tf.stack([f0, f1, (y1 - yv) / h], axis=0)
-        carry = carry.add(njac=1, nlu=1, nsolve=iters)
+        carry = carry._replace(counters=carry.counters.add(njac=1, nlu=1, nsolve=iters))
         return MethodStep(layout.unvec(y1), layout.unvec(f1), layout.unvec(err), layout.unvec_rows(rows),
                           iters + 1, carry)
 

@@ -30,11 +30,13 @@ import tensorflow as tf
 
 from ..derivatives import graph_if_eager, vjp
 from ..ode import dense
+from ..ode.linear import WithJacobian, jacobian
 from ..params import Params
 from .base import ForwardPass, Gradients, SensitivityAlgorithm, nan_if_failed
 from .checkpoint import backward_sweep, segment_cap, segmented_forward, solve_segment
 
-__all__ = ["AdjointProblem", "AdjointResult", "ContinuousAdjoint", "backward_solve"]
+__all__ = ["AdjointProblem", "AdjointResult", "ContinuousAdjoint", "backward_solve", "minus_jac_transposed",
+           "adjoint_jac_with_integrals"]
 
 
 class AdjointProblem(NamedTuple):
@@ -79,6 +81,33 @@ class AdjointProblem(NamedTuple):
             dgp = [x - e for x, e in zip(dgp, extra[1 : 1 + n_p])]
             dgv = [x - e for x, e in zip(dgv, extra[1 + n_p :])]
         return da, dgp, dgv
+
+
+def minus_jac_transposed(prob: AdjointProblem, t, u):
+    """``-J(t, u)^T`` from the problem's ``jac``: the Jacobian of ``da/dt = -J^T a`` in ``a``."""
+    return -tf.transpose(prob.spec.jac(t, u, prob.p))
+
+
+def adjoint_jac_with_integrals(prob: AdjointProblem, t, u, y):
+    """Jacobian of ``(da/dt, d(dL/dp)/dt, d(dL/dvars)/dt)`` in ``y = (a, dp, dvars)``.
+
+    ``[[-J^T, 0], [C, 0]]``: the integrals do not feed back, and their rows
+    ``C = -(df/dp)^T`` (linear in ``a``) come from automatic
+    differentiation, as ``jac`` holds no parameter derivatives.
+    """
+    a = y[0]
+    jt = minus_jac_transposed(prob, t, u)
+    n = jt.shape[0]
+    m = sum(int(x.shape.num_elements()) for x in tf.nest.flatten(y[1:]))
+    if m == 0:
+        return jt
+
+    def integrals(t_, av):
+        _, dgp, dgv = prob.terms(t_, u, tf.reshape(av, tf.shape(a)))
+        return tf.concat([tf.reshape(x, [-1]) for x in list(dgp) + list(dgv)], axis=0)
+
+    c, _ = jacobian(integrals, t, tf.reshape(a, [-1]), with_t=False)  # [m, n]
+    return tf.concat([tf.concat([jt, c], axis=0), tf.zeros([n + m, m], jt.dtype)], axis=1)
 
 
 class AdjointResult(NamedTuple):
@@ -129,6 +158,12 @@ class ContinuousAdjoint(SensitivityAlgorithm):
     def adjoint_result(self, prob: AdjointProblem, res, method, t0, t1):
         """``(du0, dp, dvars, extra_nfe)`` from the backward solve's result."""
         raise NotImplementedError
+
+    # Optional hook: ``adjoint_jac(prob, t, y) -> [Nb, Nb]``, the Jacobian of
+    # `adjoint_rhs` (backward state flattened as `sensode.ode.linear.Layout`
+    # does), built from the problem's ``jac`` for a stiff backward solve.
+    # None: the stiff method differentiates `adjoint_rhs`.
+    adjoint_jac = None
 
     def checkpoint_count(self) -> int | None:
         return None
@@ -211,8 +246,12 @@ def backward_solve(spec, alg: ContinuousAdjoint, u0, ts, t0, t1, p, variables, u
         acc_init = ([tf.zeros_like(x) for x in params.float_leaves], [tf.zeros_like(v) for v in variables])
     y0, include = alg.adjoint_state(prob, a, list(acc_init[0]), list(acc_init[1]))
     method = alg.alg or spec.method
+    rhs = graph_if_eager(lambda t, y: alg.adjoint_rhs(prob, t, y))
+    if spec.jac is not None and alg.adjoint_jac is not None and method.stiff:
+        # da/dt = -J^T a: the backward Newton / W matrix from the user's J, transposed.
+        rhs = WithJacobian(rhs, graph_if_eager(lambda t, y: alg.adjoint_jac(prob, t, y)))
     res = spec.integrate(
-        graph_if_eager(lambda t, y: alg.adjoint_rhs(prob, t, y)), y0, t1, t0, method=method,
+        rhs, y0, t1, t0, method=method,
         tstops=tf.reverse(ts, [0]), jump=lambda t, y: alg.adjoint_jump(prob, t, y), include_in_norm=include,
         record=alg.records_backward, **_backward_options(spec, alg, h_init),
     )

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from ..derivatives import map_batch
 from ..ode.control import SolveOptions
+from ..ode.linear import WithJacobian
 from ..ode.loop import integrate
 from ..ode.methods import ODEMethod
 from ..params import Params, find_variables
@@ -50,6 +51,13 @@ class Spec:
     method: ODEMethod
     options: SolveOptions
     throw: bool = True  # raise (eagerly) when the backward pass fails
+    jac: Callable | None = None  # the problem's checked jac(t, u, p) -> [N, N], or None (AD)
+
+    def rhs(self, p):
+        """The loop's ``fn(t, u) = f(t, u, p)``; a `WithJacobian` when the problem has ``jac``."""
+        f, jac = self.f, self.jac
+        fn = lambda t, u: f(t, u, p)  # noqa: E731
+        return fn if jac is None else WithJacobian(fn, lambda t, u: jac(t, u, p))
 
     def integrate(self, fn, y0, t0, t1, *, method: ODEMethod | None = None, **kwargs):
         """`sensode.ode.loop.integrate` with this spec's method and options.
@@ -65,7 +73,7 @@ class Spec:
 
     def solve_plain(self, u0, ts, t0, t1, p, **kwargs):
         """The plain forward solve of ``f`` (no sensitivities)."""
-        return self.integrate(lambda t, u: self.f(t, u, p), u0, t0, t1, saveat=ts, **kwargs)
+        return self.integrate(self.rhs(p), u0, t0, t1, saveat=ts, **kwargs)
 
 
 class ForwardPass(NamedTuple):

@@ -83,7 +83,7 @@ def solve_segment(spec: Spec, u_start, h_start, c0, c1, ts, p, **kwargs):
     direction = tf.where(c1 >= c0, tf.constant(1.0, c0.dtype), tf.constant(-1.0, c0.dtype))
     inside = (direction * (ts - c0) > 0) & (direction * (ts - c1) <= 0)
     ts_seg = tf.where(inside, ts, c1)  # outside times clamp to the end; masked later
-    res = spec.integrate(lambda t, u: spec.f(t, u, p), u_start, c0, c1, saveat=ts_seg, dt=h_start, **kwargs)
+    res = spec.integrate(spec.rhs(p), u_start, c0, c1, saveat=ts_seg, dt=h_start, **kwargs)
     return res, inside
 
 

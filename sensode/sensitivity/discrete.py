@@ -89,7 +89,7 @@ class DiscreteAdjoint(SensitivityAlgorithm):
         check_checkpoints(self.checkpoints)
 
     def _stepper(self, spec, u0, ts, t0, t1, p):
-        return Stepper(lambda t, u: spec.f(t, u, p), u0, t0, t1, spec.method, spec.options, saveat=ts)
+        return Stepper(spec.rhs(p), u0, t0, t1, spec.method, spec.options, saveat=ts)
 
     def forward(self, spec, u0, ts, t0, t1, p, variables) -> ForwardPass:
         stepper = self._stepper(spec, u0, ts, t0, t1, p)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .adjoint_problem import ContinuousAdjoint
+from .adjoint_problem import ContinuousAdjoint, adjoint_jac_with_integrals
 from .checkpoint import check_checkpoints
 
 __all__ = ["InterpolatingAdjoint"]
@@ -47,6 +47,9 @@ class InterpolatingAdjoint(ContinuousAdjoint):
 
     def adjoint_rhs(self, prob, t, y):
         return prob.terms(t, prob.state_at(t), y[0])
+
+    def adjoint_jac(self, prob, t, y):
+        return adjoint_jac_with_integrals(prob, t, prob.state_at(t), y)
 
     def adjoint_jump(self, prob, t, y):
         return (y[0] + prob.g_at(t),) + tuple(y[1:])

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..ode import dense
-from .adjoint_problem import ContinuousAdjoint
+from .adjoint_problem import ContinuousAdjoint, minus_jac_transposed
 
 __all__ = ["QuadratureAdjoint"]
 
@@ -43,6 +43,9 @@ class QuadratureAdjoint(ContinuousAdjoint):
     def adjoint_rhs(self, prob, t, y):
         da, _, _ = prob.terms(t, prob.state_at(t), y[0])
         return (da,)
+
+    def adjoint_jac(self, prob, t, y):
+        return minus_jac_transposed(prob, t, prob.state_at(t))
 
     def adjoint_jump(self, prob, t, y):
         return (y[0] + prob.g_at(t),)
