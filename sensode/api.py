@@ -156,13 +156,13 @@ def _eager_compiled(name, prob, alg, spec, ts, t0, t1, saveat_is_none, static, b
     params = Params(prob.p)
     opts = spec.options
     tensors = (prob.u0, t0, t1, ts, params.float_leaves, opts.rtol, opts.atol, opts.dt, opts.dtmin, opts.dtmax)
-    key = (name, prob.f, alg, opts.max_steps, opts.controller, saveat_is_none, static,
+    key = (name, prob.f, prob.jac, alg, opts.max_steps, opts.controller, saveat_is_none, static,
            compiled.signature(tensors, extra, prob.p))
 
     def build():
         def run(inputs, extra):
             u0, t0, t1, ts, pf, rtol, atol, dt, dtmin, dtmax = inputs
-            traced = ODEProblem(prob.f, u0, (t0, t1), params.pack(pf))
+            traced = ODEProblem(prob.f, u0, (t0, t1), params.pack(pf), jac=prob.jac)
             options = dict(saveat=None if saveat_is_none else ts, dt=dt, rtol=rtol, atol=atol,
                            max_steps=opts.max_steps, dtmin=dtmin, dtmax=dtmax, controller=opts.controller)
             return body(traced, options, extra)
@@ -230,7 +230,9 @@ def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, cont
         valid = _v.check_saveat(ts, t0, t1)
     options = SolveOptions(rtol=rtol, atol=atol, dt=dt, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
                            controller=controller)
-    return alg, Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options, throw=throw), ts, t0, t1, valid
+    jac = None if prob.jac is None else _v.checked_jac(prob.jac, u0)
+    spec = Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options, throw=throw, jac=jac)
+    return alg, spec, ts, t0, t1, valid
 
 
 @_no_autograph
