@@ -184,28 +184,82 @@ def _params(b=4, seed=0):
     return np.asarray(LV.p)[None] * 10 ** np.random.default_rng(seed).uniform(-0.5, 0.5, size=(b, 4))
 
 
-def _single(p, u0=None):
+def _single(p, u0=None, alg=None, **opts):
     prob = sd.ODEProblem(LV.f, LV.u0 if u0 is None else tf.constant(u0), LV.tspan, tf.constant(p))
-    return sd.solve(prob, sd.Tsit5(), **OPTS)
+    return sd.solve(prob, alg or sd.Tsit5(), throw=False, **dict(OPTS, **opts))
 
 
-@pytest.mark.parametrize("mode", ["eager", "xla"])
-def test_ensemble_matches_single_solves_step_for_step(mode):
-    p = _params()
-    if mode == "eager":  # pfor inside an internal tf.function
-        sol = gsa.solve_ensemble(LV, p=p, **OPTS)
-    else:  # map_fn under XLA
-        sol = tf.function(lambda p: gsa.solve_ensemble(LV, p=p, **OPTS), jit_compile=True)(tf.constant(p))
-    assert sol.u.shape == (4, 6, 2)
-    steps = []
-    for i in range(4):
-        ref = _single(p[i])
-        np.testing.assert_allclose(sol.u[i], ref.u, rtol=1e-11, atol=1e-11)
+def _assert_matches_single(sol, p, refs=None, **opts):
+    """Values to rounding, the same status and the same per-sample counters as single solves."""
+    for i in range(len(p)):
+        ref = refs[i] if refs is not None else _single(p[i], **opts)
+        assert int(sol.status[i]) == int(ref.status), i
         for k in ("nfe", "steps", "accepted", "rejected"):
             assert int(sol.stats[k][i]) == int(ref.stats[k]), (k, i)
-        steps.append(int(ref.stats["steps"]))
-    assert len(set(steps)) > 1  # the samples did step differently
+        if int(ref.status) == 0:
+            np.testing.assert_allclose(sol.u[i], ref.u, rtol=1e-11, atol=1e-11)
+        else:
+            assert np.all(np.isnan(sol.u[i]))
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla", "xla_map"])
+def test_ensemble_matches_single_solves_step_for_step(mode):
+    # eager / graph / xla: the native batched loop; xla_map: map_fn of single solves.
+    p = _params()
+    kw = dict(vectorize="map") if mode == "xla_map" else {}
+    if mode == "eager":
+        sol = gsa.solve_ensemble(LV, p=p, **OPTS, **kw)
+    else:
+        fn = tf.function(lambda p: gsa.solve_ensemble(LV, p=p, **OPTS, **kw), jit_compile=mode != "graph")
+        sol = fn(tf.constant(p))
+    assert sol.u.shape == (4, 6, 2)
+    refs = [_single(p[i]) for i in range(4)]
+    _assert_matches_single(sol, p, refs)
+    assert len({int(r.stats["steps"]) for r in refs}) > 1  # the samples did step differently
     np.testing.assert_array_equal(sol.status, 0)
+
+
+@pytest.mark.parametrize(
+    "alg, opts",
+    [
+        (sd.DP8(), {}),  # extra dense stages and the two-part error norm
+        (sd.BS3(), dict(saveat=tf.constant([0.0, 0.37, 0.4, 0.4, 5.0, 10.0], tf.float64))),  # repeated save times
+        (sd.DP5(), dict(saveat=None, dtmax=0.3)),
+        (sd.RK4(), dict(dt=0.05)),  # fixed step
+        (sd.Tsit5(), dict(dt=1e-3, dtmin=1e-9)),  # a given first step
+    ],
+)
+def test_native_loop_methods_match_single_solves(alg, opts):
+    p = _params(3, seed=2)
+    o = dict(OPTS, alg=alg, **opts)
+    sol = gsa.solve_ensemble(LV, p=p, vectorize="native", **o)
+    del o["alg"]
+    _assert_matches_single(sol, p, alg=alg, **o)
+
+
+def test_native_loop_backwards_in_time_and_u0_batch():
+    prob = sd.ODEProblem(LV.f, LV.u0, (10.0, 0.0), LV.p)
+    ts = tf.linspace(tf.constant(10.0, tf.float64), 0.0, 5)
+    u0 = np.array([[1.0, 1.0], [0.5, 2.0], [2.0, 0.3]])
+    sol = gsa.solve_ensemble(prob, u0=u0, saveat=ts, rtol=1e-6, atol=1e-8)
+    for i in range(3):
+        ref = sd.solve(sd.ODEProblem(LV.f, tf.constant(u0[i]), (10.0, 0.0), LV.p), saveat=ts, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(sol.u[i], ref.u, rtol=1e-11, atol=1e-11)
+        assert int(sol.stats["steps"][i]) == int(ref.stats["steps"])
+
+
+@pytest.mark.parametrize("mode", ["graph", "xla"])
+def test_native_loop_failures_are_per_sample(mode):
+    # Sample 1 exceeds max_steps, sample 2 underflows its step (DT_MIN, as in its own
+    # single solve), sample 3 has a NaN parameter; samples 0 and 4 are unaffected.
+    p = np.array([np.asarray(LV.p), [15.0, 0.5, 0.5, 0.4], [0.2635112, 1.53299895, 29.68398637, 7.5961118],
+                  [np.nan, 1.0, 3.0, 1.0], np.asarray(LV.p) * 0.7])
+    opts = dict(OPTS, max_steps=400)
+    fn = tf.function(lambda p: gsa.solve_ensemble(LV, p=p, throw=False, **opts), jit_compile=mode == "xla")
+    sol = fn(tf.constant(p))
+    S = sd.Status
+    assert list(sol.status.numpy()) == [0, int(S.MAX_STEPS), int(S.DT_MIN), int(S.NONFINITE), 0]
+    _assert_matches_single(sol, p, max_steps=400)
 
 
 def test_ensemble_in_tf_function_with_u0_batch():
@@ -278,6 +332,7 @@ def test_shared_stepping_one_step_count():
         (dict(p=np.ones((3, 4)), stepping="local"), ValueError, "`stepping`"),
         (dict(p=np.ones((3, 4)), vectorize="loop"), ValueError, "`vectorize`"),
         (dict(p=np.ones((3, 4)), sensealg="adjoint"), TypeError, "`sensealg`"),
+        (dict(p=np.ones((3, 4)), alg=sd.Rosenbrock23(), vectorize="native"), ValueError, "explicit Runge-Kutta"),
     ],
 )
 def test_ensemble_bad_input(kwargs, err, match):

@@ -305,6 +305,7 @@ def _ensemble_graph(prob, u0b, pb, saveat, opts, sensealg, stepping, vectorize):
 _EAGER_CACHE: dict = {}
 
 
+@tf.autograph.experimental.do_not_convert  # plain TF control flow: AutoGraph would only cost tracing time
 def solve_ensemble(
     prob,
     u0=None,

@@ -87,6 +87,7 @@ class _Ctx(NamedTuple):
     ts: tf.Tensor  # [T]
 
 
+@tf.autograph.experimental.do_not_convert
 def integrate_batched(
     fn: Callable, y0, t0, t1, method: ExplicitRK, options: SolveOptions | None = None, *, saveat
 ) -> BatchedResult:
