@@ -7,6 +7,7 @@ forms (``expm`` / ``expm_frechet``) for a linear system with eigenvalues from
 are shared at module level: every trace costs seconds.
 """
 
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +20,8 @@ from scipy.integrate import solve_ivp
 
 import sensode as sd
 from sensode import models
+from sensode.ode import rosenbrock
+from sensode.ode.linear import WithJacobian
 
 STIFF = [sd.Rosenbrock23, sd.Rodas5, sd.Kvaerno5]
 
@@ -95,24 +98,30 @@ ROBER = models.robertson()
 ROBER_REF = _radau(_rober_np, [1.0, 0.0, 0.0], 1e5, ROBER_TS)
 
 
-def _rober_solve(method, u0):
-    sol = sd.solve(ROBER.remake(u0=u0), method, saveat=tf.constant(ROBER_TS), rtol=1e-7, atol=1e-12,
+def _rober_solve(method, u0, rtol=1e-7):
+    sol = sd.solve(ROBER.remake(u0=u0), method, saveat=tf.constant(ROBER_TS), rtol=rtol, atol=1e-12,
                    max_steps=5000, throw=False)
     return sol.u, sol.status, sol.stats
 
 
-_ROBER_XLA = {m: tf.function(lambda u0, m=m: _rober_solve(m(), u0), jit_compile=True) for m in STIFF}
+# rtol is an input: one compilation serves every tolerance.
+_ROBER_XLA = {m: tf.function(lambda u0, rtol, m=m: _rober_solve(m(), u0, rtol), jit_compile=True) for m in STIFF}
 
 
 @pytest.mark.parametrize("method", STIFF)
 def test_robertson_against_radau_and_mass(method):
-    u, status, stats = _ROBER_XLA[method](ROBER.u0)
+    u, status, stats = _ROBER_XLA[method](ROBER.u0, tf.constant(1e-7, tf.float64))
     assert int(status) == 0
     u = u.numpy()
     tol = 2e-3 if method is sd.Rosenbrock23 else 1e-4
     np.testing.assert_allclose(u, ROBER_REF, rtol=tol, atol=1e-11)
     np.testing.assert_allclose(u.sum(axis=1), 1.0, atol=1e-10)  # mass: every stage is conservative
     assert int(stats["njac"]) > 0 and int(stats["nlu"]) > 0 and int(stats["nsolve"]) >= int(stats["nlu"])
+    if method is sd.Kvaerno5:
+        # Its Newton tolerance follows the solve's (NEWTON_KAPPA * rtol): still accurate at rtol 1e-8.
+        u8, status8, _ = _ROBER_XLA[method](ROBER.u0, tf.constant(1e-8, tf.float64))
+        assert int(status8) == 0
+        np.testing.assert_allclose(u8.numpy(), ROBER_REF, rtol=1.5e-5, atol=1e-13)
 
 
 def test_explicit_method_fails_on_robertson_with_a_status():
@@ -212,12 +221,12 @@ SENS_REF = np.einsum("tij,i->j", _rober_sens_reference(100.0, SENS_TS), SENS_W)
 ROBER_LOG = models.robertson(log_rates=True, tspan=(0.0, 100.0))
 
 
-def _sens_grad(method, sensealg):
+def _sens_grad(method, sensealg, prob=ROBER_LOG, ts=SENS_TS):
     @tf.function
     def run(q):
         with tf.GradientTape() as tape:
             tape.watch(q)
-            sol = sd.solve(ROBER_LOG.remake(p=q), method, saveat=tf.constant(SENS_TS), rtol=1e-9, atol=1e-13,
+            sol = sd.solve(prob.remake(p=q), method, saveat=tf.constant(ts), rtol=1e-9, atol=1e-13,
                            sensealg=sensealg, throw=False, max_steps=5000)
             loss = tf.reduce_sum(sol.u * tf.constant(SENS_W))
         return tape.gradient(loss, q)
@@ -240,6 +249,118 @@ def test_backsolve_on_stiff_problem_fails_loudly():
     assert np.all(np.isnan(g)), g  # never a silently wrong gradient
 
 
+# ----------------------------------------------------------------- a user-supplied Jacobian
+
+
+def _rober_jac(log_rates=False, calls=None):
+    """Robertson's analytic df/du, written here (not in sensode.models); ``[..., 3, 3]`` for ``u`` ``[..., 3]``."""
+
+    def jac(t, u, p):
+        if calls is not None:
+            calls.append(u.shape)
+        k = tf.exp(p) if log_rates else p
+        y1, y2, y3 = u[..., 0], u[..., 1], u[..., 2]
+        z = tf.zeros_like(y1)
+        rows = [[-k[0] + z, k[2] * y3, k[2] * y2],
+                [k[0] + z, -2.0 * k[1] * y2 - k[2] * y3, -k[2] * y2],
+                [z, 2.0 * k[1] * y2, z]]
+        return tf.stack([tf.stack(r, axis=-1) for r in rows], axis=-2)
+
+    return jac
+
+
+def _rober_flat(t, y, k=(0.04, 3e7, 1e4)):
+    return [models.robertson().f(t, y[0], tf.constant(k, tf.float64))]
+
+
+@pytest.mark.parametrize("method", [sd.Rodas5, sd.Kvaerno5])  # Rosenbrock23 shares Rodas5's path
+def test_user_jacobian_step_equals_ad(method):
+    # The loop hands methods a `WithJacobian` right-hand side when the problem has `jac`: the step
+    # then calls it (and only it) for df/du, and takes the same step as with the AD Jacobian.
+    calls = []
+    jac = _rober_jac(calls=calls)
+    k = tf.constant([0.04, 3e7, 1e4], tf.float64)
+    with_jac = WithJacobian(_rober_flat, lambda t, y: jac(t, y[0], k))
+    approx = WithJacobian(_rober_flat, lambda t, y: 1.2 * jac(t, y[0], k))
+    fns = (_rober_flat, with_jac) + ((approx,) if method is sd.Kvaerno5 else ())
+
+    @tf.function  # one graph for all steps (cheaper than one eager step function each)
+    def steps():
+        t, h = tf.constant(0.0, tf.float64), tf.constant(1e-3, tf.float64)
+        y = [tf.constant([0.9, 2e-5, 0.1], tf.float64)]
+        out = []
+        for fn in fns:
+            m = method()
+            fy = fn(t, y)
+            s = m.step(fn, t, y, fy, h, m.init(fn, t, y, fy))
+            out.append((s.y1[0], m.stats(s.carry)))
+        return out
+
+    (y_ad, st_ad), (y_j, st_j), *rest = steps()
+    assert calls
+    np.testing.assert_allclose(y_j.numpy(), y_ad.numpy(), rtol=1e-12, atol=1e-18)
+    assert {k: int(v) for k, v in st_j.items()} == {k: int(v) for k, v in st_ad.items()}
+    assert int(st_j["njac"]) == 1
+    if rest:
+        # Kvaerno5 needs J only as a Newton matrix: a 20% wrong one costs iterations, not accuracy.
+        y_ap, st_ap = rest[0]
+        assert int(st_ap["nsolve"]) > int(st_ad["nsolve"])
+        np.testing.assert_allclose(y_ap.numpy(), y_ad.numpy(), rtol=1e-8, atol=1e-14)
+
+
+def test_user_jacobian_solve_against_radau():
+    # Through `solve` (tf.function): Rodas5 and Kvaerno5 with Robertson's analytic Jacobian.
+    calls = []
+    prob = ROBER.remake(jac=_rober_jac(calls=calls))
+
+    @tf.function
+    def run():
+        sols = [sd.solve(prob, m, saveat=tf.constant(ROBER_TS), rtol=1e-7, atol=1e-12, max_steps=5000, throw=False)
+                for m in (sd.Rodas5(), sd.Kvaerno5())]
+        return [(s.u, s.status, s.stats) for s in sols]
+
+    for u, status, stats in run():
+        assert int(status) == 0 and int(stats["njac"]) == int(stats["steps"])
+        np.testing.assert_allclose(u.numpy(), ROBER_REF, rtol=1e-4, atol=1e-11)
+    assert calls
+
+
+def test_user_jacobian_errors():
+    with pytest.raises(TypeError, match="`jac` must be callable"):
+        sd.ODEProblem(lambda t, u, p: -u, tf.constant([1.0], tf.float64), (0.0, 1.0), jac=3.0)
+    wrong = ROBER.remake(tspan=(0.0, 1.0), jac=lambda t, u, p: tf.zeros([3, 2], tf.float64))
+    with pytest.raises(ValueError, match=r"`jac` returned shape \(3, 2\).*\[3, 3\]"):
+        sd.solve(wrong, sd.Rodas5(), compile=False)
+    batched = models.robertson(u0=tf.zeros([2, 3], tf.float64), tspan=(0.0, 1.0))
+    with pytest.raises(ValueError, match=r"`jac`.*\[6, 6\].*blocks \[2, 3, 3\]"):
+        sd.solve(batched.remake(jac=lambda t, u, p: tf.zeros([3, 3], tf.float64)), sd.Kvaerno5(), compile=False)
+    with pytest.raises(TypeError, match="`jac` returned dtype float32"):
+        sd.solve(ROBER.remake(jac=lambda t, u, p: tf.zeros([3, 3], tf.float32)), sd.Rodas5(), compile=False)
+    # A [2, 3] state: jac may return the per-system blocks [2, 3, 3] (assembled block-diagonally).
+    u0 = tf.constant([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5]], tf.float64)
+    sol = sd.solve(models.robertson(u0=u0, tspan=(0.0, 1.0)).remake(jac=_rober_jac()), sd.Rodas5(), rtol=1e-8,
+                   atol=1e-12, compile=False)
+    ref = _radau(_rober_np, [0.5, 0.0, 0.5], 1.0, [1.0])[0]
+    np.testing.assert_allclose(sol.u.numpy()[-1, 1], ref, rtol=1e-6, atol=1e-12)
+
+
+JAC_TS = np.array([0.1, 0.5, 1.0])
+JAC_REF = np.einsum("tij,i->j", _rober_sens_reference(1.0, JAC_TS), SENS_W)
+_GRAD_JAC_CALLS = []
+ROBER_LOG_J = models.robertson(log_rates=True, tspan=(0.0, 1.0)).remake(
+    jac=_rober_jac(log_rates=True, calls=_GRAD_JAC_CALLS))
+
+
+@pytest.mark.parametrize("sensealg", [sd.ForwardSensitivity, sd.DiscreteAdjoint, sd.InterpolatingAdjoint])
+def test_user_jacobian_gradients(sensealg):
+    # d u / d log k with jac given: the W matrices (of the augmented system for forward sensitivities,
+    # -J^T for the backward adjoint solve) come from jac; the discrete adjoint differentiates through it.
+    del _GRAD_JAC_CALLS[:]
+    g = _sens_grad(sd.Rodas5(), sensealg(), prob=ROBER_LOG_J, ts=JAC_TS)
+    assert _GRAD_JAC_CALLS
+    np.testing.assert_allclose(g, JAC_REF, rtol=1e-6)
+
+
 # ----------------------------------------------------------------- automatic switching
 
 
@@ -259,8 +380,11 @@ def test_auto_switches_on_robertson_and_not_on_lotka_volterra():
 def test_batched_state_and_errors():
     # A batch [B, 3] is one system of 3B unknowns: each row matches the single solve.
     u0 = tf.constant([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5]], tf.float64)
-    sol = sd.solve(models.robertson(u0=u0, tspan=(0.0, 1.0)), sd.Rodas5(), rtol=1e-8, atol=1e-12)
+    # Op by op (the eager step is one graph function): no XLA compilation for this one solve.
+    sol = sd.solve(models.robertson(u0=u0, tspan=(0.0, 1.0)), sd.Rodas5(), rtol=1e-8, atol=1e-12, compile=False)
     ref = _radau(_rober_np, [0.5, 0.0, 0.5], 1.0, [1.0])
     np.testing.assert_allclose(sol.u.numpy()[-1, 1], ref[0], rtol=1e-6, atol=1e-12)
+    gc.collect()  # the eager step functions die with the solve's right-hand side (no global cache)
+    assert len(rosenbrock._EAGER_STEPS) == 0
     with pytest.raises(ValueError, match="max_newton"):
         sd.Kvaerno5(max_newton=0)
