@@ -262,6 +262,21 @@ def test_native_loop_failures_are_per_sample(mode):
     _assert_matches_single(sol, p, max_steps=400)
 
 
+def test_native_loop_compacted_tail_matches_single_solves():
+    # B = 64: once at most 4 samples run, they finish in a compacted batch of 4
+    # (the slowest samples, and one that stops at max_steps, run there).
+    p = np.asarray(LV.p)[None] * 10 ** np.random.default_rng(3).uniform(-0.5, 0.5, size=(64, 4))
+    p[5] = [15.0, 0.5, 0.5, 0.4]
+    opts = dict(OPTS, max_steps=400)
+    sol = gsa.solve_ensemble(LV, p=p, throw=False, **opts)
+    steps = sol.stats["steps"].numpy()
+    check = sorted(set(np.argsort(steps)[-4:]) | {0, 1, 5})
+    assert int(sol.status[5]) == int(sd.Status.MAX_STEPS) and np.sum(sol.status.numpy() != 0) == 1
+    _assert_matches_single(sol.__class__(t=sol.t, u=tf.gather(sol.u, check), status=tf.gather(sol.status, check),
+                                         stats={k: tf.gather(v, check) for k, v in sol.stats.items()}),
+                           p[check], max_steps=400)
+
+
 def test_ensemble_in_tf_function_with_u0_batch():
     u0 = np.array([[1.0, 1.0], [0.5, 2.0], [2.0, 0.3]])
     sol = tf.function(lambda u0: gsa.solve_ensemble(LV, u0=u0, **OPTS))(tf.constant(u0))
