@@ -125,6 +125,17 @@ def solve(
     wrong = [k for k, v in dict(abstol=abstol, reltol=reltol, max_iters=max_iters).items() if v is not None]
     if wrong:
         raise TypeError(f"solve() option(s) {wrong} apply to NonlinearProblem / SteadyStateProblem only")
+    fast = None
+    if compile and tf.executing_eagerly():
+        fast = _fast_call("solve", prob, alg, sensealg, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller)
+        hit = None if fast is None else fast.lookup()
+        if hit is not None:  # this structure compiled, these inputs validated: run it
+            entry, flat, ts = hit
+            u, stats, status = entry.function(flat)
+            sol = ODESolution(t=ts, u=u, stats=stats, status=status, prob=prob, alg=entry.alg)
+            if throw:
+                raise_if_failed(status, f"solve with {entry.alg!r}")
+            return sol
     alg, spec, ts, t0, t1, valid = _prepare(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller, throw=throw,
@@ -132,7 +143,7 @@ def solve(
     if sensealg is not None and not isinstance(sensealg, SensitivityAlgorithm):
         raise TypeError(f"`sensealg` must be a sensode sensitivity algorithm, got {sensealg!r}")
     if compile and tf.executing_eagerly():
-        u, stats, status = _solve_compiled(prob, alg, spec, ts, t0, t1, saveat is None, sensealg)
+        u, stats, status = _solve_compiled(prob, alg, spec, ts, t0, t1, saveat is None, sensealg, fast)
     elif sensealg is None:
         u, stats, status = solve_on_demand(prob, spec, prob.u0, ts, t0, t1)
     else:
@@ -145,41 +156,68 @@ def solve(
     return sol
 
 
-def _eager_compiled(name, prob, alg, spec, ts, t0, t1, saveat_is_none, static, body, extra=()):
+def _eager_compiled(name, prob, alg, spec, ts, t0, t1, saveat_is_none, static, body, extra=(), fast=None):
     """Run ``body`` as the cached compiled function of this call structure (`sensode.compiled`).
 
     ``body(prob, options, extra)`` is called while tracing with ``prob``
     rebuilt from symbolic inputs (``u0``, ``tspan``, the floating leaves of
     ``p``) and ``options`` the keyword options of `solve` (symbolic
     tolerances, ``saveat``); ``extra`` are further tensors of the call.
+    ``fast`` (a `compiled.FastCall` of this call, or None) records the entry
+    and the inputs just validated, so that the next call with the same
+    inputs skips validation (see `_fast_call`). Returns ``(outputs, entry)``
+    (``entry`` None without ``fast``).
     """
     params = Params(prob.p)
     opts = spec.options
-    tensors = (prob.u0, t0, t1, ts, params.float_leaves, opts.rtol, opts.atol, opts.dt, opts.dtmin, opts.dtmax)
-    key = (name, prob.f, prob.jac, alg, opts.max_steps, opts.controller, saveat_is_none, static,
-           compiled.signature(tensors, extra, prob.p))
+    converted = (t0, t1, ts, opts.rtol, opts.atol, opts.dt, opts.dtmin, opts.dtmax)
+    present = tuple(x is not None for x in converted)
+    extra_present = tuple(x is not None for x in extra)
+    float_leaves = params.float_leaves
+    key = (name, type(prob), compiled.problem_fields(prob), alg, opts.max_steps, opts.controller, saveat_is_none,
+           static, compiled.signature(converted, extra, prob.p))
 
     def build():
-        def run(inputs, extra):
-            u0, t0, t1, ts, pf, rtol, atol, dt, dtmin, dtmax = inputs
-            traced = ODEProblem(prob.f, u0, (t0, t1), params.pack(pf), jac=prob.jac)
+        def run(*flat):
+            it = iter(flat)
+            u0 = next(it)
+            t0, t1, ts, rtol, atol, dt, dtmin, dtmax = (next(it) if given else None for given in present)
+            pf = [next(it) for _ in float_leaves]
+            extra_ = tuple(next(it) if given else None for given in extra_present)
+            # `remake` keeps every other field of the problem (``f``, ``jac``, ...).
+            traced = prob.remake(u0=u0, tspan=(t0, t1), p=params.pack(pf))
             options = dict(saveat=None if saveat_is_none else ts, dt=dt, rtol=rtol, atol=atol,
                            max_steps=opts.max_steps, dtmin=dtmin, dtmax=dtmax, controller=opts.controller)
-            return body(traced, options, extra)
+            return body(traced, options, extra_)
 
         return run
 
-    return compiled.cached_function(key, build)(tensors, extra)
+    function = compiled.cached_function(key, build)
+    out = function(compiled.flat_inputs(prob.u0, converted, float_leaves, extra))
+    return out, None if fast is None else fast.remember(function, alg, converted)
 
 
-def _solve_compiled(prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg):
+def _fast_call(name, prob, alg, static, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller, extra=()):
+    """The cheap key of an eager compiled call (`compiled.fast_call`), or None.
+
+    Everything `_prepare` checks by type is in the key (an entry exists only
+    for a key whose call passed `_prepare`); what it checks by value is
+    compared with the values last validated for the entry.
+    """
+    if not isinstance(prob, ODEProblem):
+        return None
+    statics = (alg, static, controller, type(max_steps), max_steps)
+    return compiled.fast_call(name, prob, (saveat, rtol, atol, dt, dtmin, dtmax), statics, extra)
+
+
+def _solve_compiled(prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg, fast):
     """`solve` of an ODE from eager code, through the cached compiled function."""
 
     def body(traced, options, _):
         sol = solve(traced, alg, sensealg=sensealg, throw=False, compile=False, **options)
         return sol.u, sol.stats, sol.status
 
-    return _eager_compiled("solve", prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg, body)
+    return _eager_compiled("solve", prob, alg, spec, ts, t0, t1, saveat_is_none, sensealg, body, fast=fast)[0]
 
 
 def _mark_invalid(valid, u, status):
@@ -230,9 +268,7 @@ def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, cont
         valid = _v.check_saveat(ts, t0, t1)
     options = SolveOptions(rtol=rtol, atol=atol, dt=dt, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
                            controller=controller)
-    jac = None if prob.jac is None else _v.checked_jac(prob.jac, u0)
-    spec = Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options, throw=throw, jac=jac)
-    return alg, spec, ts, t0, t1, valid
+    return alg, Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options, throw=throw), ts, t0, t1, valid
 
 
 @_no_autograph
@@ -269,6 +305,17 @@ def forward_sensitivities(
 
     References: see `sensode.ForwardSensitivity`.
     """
+    fast = None
+    if compile and tf.executing_eagerly():
+        fast = _fast_call("forward_sensitivities", prob, alg, None, saveat, dt, rtol, atol, max_steps, dtmin, dtmax,
+                          controller)
+        hit = None if fast is None else fast.lookup()
+        if hit is not None:
+            entry, flat, _ = hit
+            res = entry.function(flat)._replace(variables=entry.variables)
+            if throw:
+                raise_if_failed(res.status, "forward sensitivity solve")
+            return res
     alg, spec, ts, t0, t1, valid = _prepare(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
@@ -278,8 +325,13 @@ def forward_sensitivities(
             r = forward_sensitivities(traced, alg, throw=False, compile=False, **options)
             return r._replace(variables=[])  # Python objects: set outside
 
-        res = _eager_compiled("forward_sensitivities", prob, alg, spec, ts, t0, t1, saveat is None, None, body)
-        res = res._replace(variables=find_variables(spec.f, t0, prob.u0, prob.p))
+        res, entry = _eager_compiled("forward_sensitivities", prob, alg, spec, ts, t0, t1, saveat is None, None, body,
+                                     fast=fast)
+        # The variables f reads, found once per structure (like the trace itself).
+        variables = find_variables(spec.f, t0, prob.u0, prob.p)
+        if entry is not None:
+            entry.variables = variables
+        res = res._replace(variables=variables)
     else:
         res = _forward_sensitivities(prob, spec, ts, t0, t1)
     if valid is not None:
@@ -344,6 +396,18 @@ def adjoint_sensitivities(
     if g is not None and not callable(g):
         raise TypeError(f"`g` must be callable as g(t, u, p), got {type(g).__name__}")
     alg = sol.alg if alg is None else alg
+    fast = None
+    if compile and tf.executing_eagerly():
+        extra = (sol.u, sol.t, dgdu_discrete)
+        fast = _fast_call("adjoint_sensitivities", sol.prob, alg, (sensealg, g), None, dt, rtol, atol, max_steps,
+                          dtmin, dtmax, controller, extra=extra)
+        hit = None if fast is None else fast.lookup()
+        if hit is not None:
+            entry, flat, _ = hit
+            res = entry.function(flat)._replace(variables=entry.variables)
+            if throw:
+                raise_if_failed(res.status, f"backward solve of {type(sensealg).__name__}")
+            return res
     alg, spec, ts, t0, t1, _ = _prepare(
         sol.prob, alg, saveat=None, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
@@ -363,9 +427,12 @@ def adjoint_sensitivities(
                                       compile=False, **options)
             return r._replace(variables=[])
 
-        res = _eager_compiled("adjoint_sensitivities", sol.prob, alg, spec, ts, t0, t1, True, (sensealg, g), body,
-                              extra=(sol.u, sol.t, dgdu_discrete))
-        res = res._replace(variables=find_variables(spec.f, t0, sol.prob.u0, sol.prob.p))
+        res, entry = _eager_compiled("adjoint_sensitivities", sol.prob, alg, spec, ts, t0, t1, True, (sensealg, g),
+                                     body, extra=(sol.u, sol.t, dgdu_discrete), fast=fast)
+        variables = find_variables(spec.f, t0, sol.prob.u0, sol.prob.p)
+        if entry is not None:
+            entry.variables = variables
+        res = res._replace(variables=variables)
     else:
         res = _adjoint_sensitivities(sol, spec, sensealg, dgdu_discrete, g)
     if throw and tf.executing_eagerly():

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import sensode as sd
+import sensode.api
 from reference_problems import decay_exact
 from sensode.ode import dense
 
@@ -47,6 +48,119 @@ def test_eager_solve_is_traced_once_and_matches_op_by_op():
         loss = tf.reduce_sum(op_by_op.u[-1])
     np.testing.assert_allclose(values[-1][0], op_by_op.u.numpy(), rtol=1e-12)
     np.testing.assert_allclose(values[-1][1], float(tape.gradient(loss, p)), rtol=1e-12)
+
+
+def _decay_f(t, u, p):
+    return -p * u
+
+
+def _decay(tspan=(0.0, 2.0), p=0.7):
+    return sd.ODEProblem(_decay_f, tf.constant([1.0, -2.0], F64), tspan, tf.constant(p, F64))
+
+
+@pytest.fixture
+def prepared(monkeypatch):
+    """Counts the eager calls that went through full validation (`_prepare`), i.e. missed the fast path."""
+    calls = []
+    prepare = sensode.api._prepare
+
+    def counting(*args, **kwargs):
+        if tf.executing_eagerly():  # not the traced solve inside the compiled function
+            calls.append(1)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(sensode.api, "_prepare", counting)
+    return calls
+
+
+def test_repeated_eager_calls_skip_validation_and_match_the_first(prepared):
+    ts = tf.constant([0.0, 0.5, 2.0], F64)
+    kw = dict(saveat=ts, rtol=1e-9, atol=1e-11)
+    first = sd.solve(_decay(), sd.Tsit5(), **kw)
+    again = sd.solve(_decay(p=1.3), sd.Tsit5(), **kw)  # a new problem object, new p: the fast path
+    same_values = sd.solve(_decay(p=1.3), sd.Tsit5(), saveat=tf.constant([0.0, 0.5, 2.0], F64), rtol=1e-9,
+                           atol=1e-11)  # a new saveat tensor with the same values
+    assert len(prepared) == 1
+    np.testing.assert_allclose(first.u.numpy(), decay_exact(ts.numpy(), k=0.7), rtol=1e-7)
+    np.testing.assert_allclose(again.u.numpy(), decay_exact(ts.numpy(), k=1.3), rtol=1e-7)
+    np.testing.assert_array_equal(same_values.u.numpy(), again.u.numpy())
+    assert again.t is ts and again.alg == sd.Tsit5() and int(again.stats["steps"]) > 0
+    # New values of a validated input: validated again, then fast.
+    other = tf.constant([0.0, 1.0, 1.5], F64)
+    for _ in range(2):
+        sol = sd.solve(_decay(), sd.Tsit5(), saveat=other, rtol=1e-9, atol=1e-11)
+    assert len(prepared) == 2
+    np.testing.assert_allclose(sol.u.numpy(), decay_exact(other.numpy(), k=0.7), rtol=1e-7)
+    # Sensitivities through the fast path, against the closed form du/dk = -t u.
+    fs = [sd.forward_sensitivities(_decay(p=k), sd.Tsit5(), **kw) for k in (0.7, 0.9)]
+    du_dk = -ts.numpy()[:, None] * decay_exact(ts.numpy(), k=0.9)
+    np.testing.assert_allclose(fs[1].du_dp.numpy(), du_dk, rtol=1e-6, atol=1e-9)
+    g = tf.ones_like(first.u)
+    adj = [sd.adjoint_sensitivities(first, dgdu_discrete=g, rtol=1e-9, atol=1e-11) for _ in range(2)]
+    np.testing.assert_array_equal(adj[0].dp.numpy(), adj[1].dp.numpy())
+    np.testing.assert_allclose(float(adj[1].dp), np.sum(-ts.numpy()[:, None] * decay_exact(ts.numpy(), k=0.7)),
+                               rtol=1e-6)
+    assert len(prepared) == 4  # one validation per new structure
+    # (A gradient through a fast call: test_eager_solve_is_traced_once_and_matches_op_by_op.)
+
+
+def test_numpy_saveat_changed_in_place_is_validated_again(prepared):
+    saveat = np.array([0.0, 0.5, 1.0])
+    sd.solve(_decay(), sd.Tsit5(), saveat=saveat)
+    saveat[1] = 0.25  # arrays are compared by value, not identity
+    sol = sd.solve(_decay(), sd.Tsit5(), saveat=saveat, rtol=1e-3)
+    assert len(prepared) == 2
+    np.testing.assert_array_equal(sol.t.numpy(), [0.0, 0.25, 1.0])
+    saveat[1] = 3.0
+    with pytest.raises(ValueError, match="`saveat` times must lie inside tspan"):
+        sd.solve(_decay(), sd.Tsit5(), saveat=saveat)
+
+
+_WARM = dict(saveat=tf.constant([0.0, 0.5, 2.0], F64), rtol=1e-6, atol=1e-8, max_steps=1000)
+# name: (valid call that warms the cache, the same structure with bad values, error, message)
+WARM_BAD = {
+    "tspan_empty": ({}, dict(tspan=(2.0, 2.0)), ValueError, "`tspan` is empty"),
+    "tspan_nan": ({}, dict(tspan=(np.nan, 2.0)), ValueError, "`tspan` must be finite"),
+    "tspan_tensor_nan": (dict(tspan=(tf.constant(0.0, F64), tf.constant(2.0, F64))),
+                         dict(tspan=(tf.constant(0.0, F64), tf.constant(np.nan, F64))), ValueError,
+                         "`tspan` must be finite"),
+    "tspan_shorter_than_saveat": ({}, dict(tspan=(0.0, 1.0)), ValueError, "`saveat` times must lie inside tspan"),
+    "saveat_outside": ({}, dict(saveat=tf.constant([0.0, 0.5, 2.5], F64)), ValueError,
+                       "`saveat` times must lie inside tspan"),
+    "saveat_not_monotone": ({}, dict(saveat=tf.constant([0.0, 1.5, 1.0], F64)), ValueError,
+                            "`saveat` must be monotone"),
+    "saveat_nan": ({}, dict(saveat=tf.constant([0.0, np.nan, 1.0], F64)), ValueError, "`saveat` must be finite"),
+    "saveat_dtype": ({}, dict(saveat=tf.constant([0.0, 0.5, 1.0], tf.float32)), TypeError, "dtype mismatch"),
+    "rtol_negative": ({}, dict(rtol=-1e-6), ValueError, "`rtol` must be positive"),
+    "rtol_nan": ({}, dict(rtol=np.nan), ValueError, "`rtol` must be positive and finite"),
+    "atol_tensor_zero": (dict(atol=tf.constant(1e-8, F64)), dict(atol=tf.constant(0.0, F64)), ValueError,
+                         "`atol` must be positive"),
+    "dt_negative": (dict(dt=0.1), dict(dt=-0.1), ValueError, "`dt` must be positive and finite"),
+    "max_steps_bool": (dict(max_steps=1, throw=False), dict(max_steps=True), ValueError,
+                       "`max_steps` must be a positive Python int"),
+    "p_dtype": ({}, dict(p=tf.constant(0.5, tf.float32)), TypeError, "dtype mismatch"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WARM_BAD))
+def test_bad_input_on_a_warm_cache_still_raises(case, prepared):
+    good, bad, error, message = WARM_BAD[case]
+
+    def call(**kw):
+        kw = {**_WARM, **kw}
+        prob = sd.ODEProblem(_decay_f, tf.constant([1.0, -2.0], F64), kw.pop("tspan", (0.0, 2.0)),
+                             kw.pop("p", tf.constant(0.7, F64)))
+        return sd.solve(prob, sd.Tsit5(), **kw)
+
+    call(**good)
+    prepared.clear()
+    call(**good)
+    assert not prepared  # a warm cache: the fast path
+    with pytest.raises(error, match=message):
+        call(**{**good, **bad})
+    assert len(prepared) == 1  # the bad values were validated
+    call(**good)  # and the entry still serves the valid ones
+    assert len(prepared) == 1
 
 
 @pytest.mark.parametrize("n,count", [(10, 7), (5000, 4999), (5000, 1234), (20000, 3)])
