@@ -268,7 +268,9 @@ def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, cont
         valid = _v.check_saveat(ts, t0, t1)
     options = SolveOptions(rtol=rtol, atol=atol, dt=dt, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
                            controller=controller)
-    return alg, Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options, throw=throw), ts, t0, t1, valid
+    jac = None if prob.jac is None else _v.checked_jac(prob.jac, u0)
+    spec = Spec(f=_v.checked_f(prob.f, u0), method=alg, options=options, throw=throw, jac=jac)
+    return alg, spec, ts, t0, t1, valid
 
 
 @_no_autograph
