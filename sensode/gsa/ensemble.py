@@ -188,14 +188,19 @@ def _native_forward(plan, u0b, pb):
     """``(u [B, T, ...], status [B], stats)`` from `integrate_batched`."""
     alg, spec, ts, t0, t1, valid = plan
     batch = u0b.shape[0] if u0b.shape[0] is not None else tf.shape(u0b)[0]  # static where known
-    state_shape = tf.shape(u0b)[1:]
+    state_shape = u0b.shape[1:].as_list() if u0b.shape[1:].is_fully_defined() else tf.shape(u0b)[1:]
     f = spec.f
+
+    # pfor converts `f` once per batch size (the full and the compacted batch),
+    # not at each of the method's stages: tracing time, not run time.
+    @tf.function(autograph=False)
+    def f_batched(t, u, p):
+        return tf.vectorized_map(lambda a: f(a[0], a[1], a[2]), (t, u, p))
 
     def fn(t, y, p):  # t [B, 1], y [[B, N]]: f per sample, vectorised (no loop inside: cheap for pfor)
         rows = tf.shape(y[0])[0]  # B, or fewer once the batch is compacted
         u = tf.reshape(y[0], tf.concat([[rows], state_shape], 0))
-        out = tf.vectorized_map(lambda a: f(a[0], a[1], a[2]), (t[:, 0], u, p))
-        return [tf.reshape(out, [rows, -1])]
+        return [tf.reshape(f_batched(t[:, 0], u, p), [rows, -1])]
 
     res = integrate_batched(fn, tf.reshape(u0b, [batch, -1]), t0, t1, alg, spec.options, saveat=ts, args=pb)
     u = tf.reshape(res.ys, tf.concat([[batch, tf.shape(ts)[0]], state_shape], 0))
