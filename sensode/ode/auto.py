@@ -26,12 +26,14 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
+from .. import tfcompat
 from . import rk
 from .linear import Layout
 from .methods import MethodStep, ODEMethod, Tsit5
-from .rosenbrock import Rodas5, StiffCounters
+from .rosenbrock import Rodas5, StiffCounters, interpolate_rows
 
 __all__ = ["AutoTsit5Rodas5"]
 
@@ -45,10 +47,35 @@ class _AutoCarry(NamedTuple):
     switches: tf.Tensor
 
 
-def _rho(fa, fb, a, b):
-    num = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(x - y)) for x, y in zip(fb, fa)]))
-    den = tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(x - y)) for x, y in zip(b, a)]))
-    return tf.math.divide_no_nan(num, den)
+_TSIT5 = Tsit5()
+_RODAS5 = Rodas5()
+# Both interpolants are y0 + h P(theta) with P a polynomial of degree 4 and
+# P(0) = 0, so one dense format serves both: the coefficients c_1..c_4 of
+# theta^1..theta^4. Tsit5: c_j = sum_r dense[r, j] k_r (its 7 stages).
+_TSIT5_TO_MONOMIAL = np.asarray(_TSIT5.tableau.dense[list(_TSIT5.tableau.dense_rows)], np.float64).T  # [4, 7]
+# Rodas5's rows R_0..R_3 (see `Rodas5.dense`) weigh theta, theta (1 - theta),
+# theta^2 (1 - theta), theta^3 (1 - theta).
+_RODAS5_TO_MONOMIAL = np.array([[1.0, 1.0, 0.0, 0.0], [0.0, -1.0, 1.0, 0.0], [0.0, 0.0, -1.0, 1.0],
+                                [0.0, 0.0, 0.0, -1.0]])
+_DEGREE = 4
+_RODAS5_NFE, _RODAS5_SOLVES = 8, 8  # per Rodas5 step (one Jacobian, one LU)
+
+
+def _monomial(matrix, rows: list) -> list:
+    """``matrix @ rows`` leaf by leaf: ``[R, *leaf]`` -> ``[4, *leaf]`` monomial coefficients."""
+    out = []
+    for r in rows:
+        flat = tf.reshape(r, [r.shape[0], -1])
+        c = tf.matmul(tf.constant(matrix, r.dtype), flat)
+        out.append(tf.reshape(c, [_DEGREE] + r.shape[1:].as_list()))
+    return out
+
+
+def _sq_dists(fa, fb, a, b):
+    """``(||f(b) - f(a)||^2, ||b - a||^2)``: their ratio is ``rho^2`` (no gradient)."""
+    num2 = tf.add_n([tf.reduce_sum(tf.square(x - y)) for x, y in zip(fb, fa)])
+    den2 = tf.add_n([tf.reduce_sum(tf.square(x - y)) for x, y in zip(b, a)])
+    return tf.stop_gradient(num2), tf.stop_gradient(den2)
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -56,10 +83,9 @@ class AutoTsit5Rodas5(ODEMethod):
     """Tsit5 while the problem is not stiff, Rodas5 while it is; switches per step.
 
     Use when stiffness is unknown or appears only on part of the interval
-    (a fast transient, a chemical front). Costs nothing extra while non-stiff
-    (the estimate reuses Tsit5's evaluations). ``sol.stats`` adds
-    ``nonstiff_steps``, ``stiff_steps``, ``switches`` and the stiff counters
-    (``njac``, ``nlu``, ``nsolve``).
+    (a fast transient, a chemical front). ``sol.stats`` adds
+    ``nonstiff_steps``, ``stiff_steps`` (attempts with each method),
+    ``switches`` and the stiff counters (``njac``, ``nlu``, ``nsolve``).
 
     Args:
       stiff_threshold: ``h rho`` above which a Tsit5 step counts as
@@ -79,11 +105,7 @@ class AutoTsit5Rodas5(ODEMethod):
     order = 5
     error_order = 4
     stiff = True
-
-    @property
-    def dense_rows(self):
-        return 1 + Tsit5().dense_rows + Rodas5().dense_rows
-
+    dense_rows = _DEGREE
     dense_nfe = 0
 
     def init(self, fn, t0, y0, f0):
@@ -92,59 +114,57 @@ class AutoTsit5Rodas5(ODEMethod):
         return _AutoCarry(tf.constant(False), z, StiffCounters.zeros(), z, z, z)
 
     def step(self, fn, t, y, f, h, carry) -> MethodStep:
-        explicit, stiff = Tsit5(), Rodas5()
-        zeros_rows = lambda m: [tf.zeros(tf.concat([[m.dense_rows], tf.shape(x)], 0), x.dtype) for x in y]  # noqa
+        tab = _TSIT5.tableau
+        # Few tensors cross the conditional (each costs a switch or merge node
+        # per step outside XLA): the counters and evaluations are derived from
+        # the flag outside it, and each branch returns only its vote.
+        h2 = tf.square(tf.stop_gradient(h))
 
         def nonstiff_branch():
-            res = rk.rk_step(fn, explicit.tableau, t, y, f, h)
+            res = rk.rk_step(fn, tab, t, y, f, h)
             stages = res.stages
-            a = [yy + h * sum(float(c) * k[i] for c, k in zip(explicit.tableau.a[5, :5], stages) if c != 0.0)
+            a = [yy + h * sum(float(c) * k[i] for c, k in zip(tab.a[5, :5], stages) if c != 0.0)
                  for i, yy in enumerate(y)]  # the 6th stage point (c6 = 1)
-            rho = _rho(stages[5], res.f_new, a, res.y1)
-            rows, _ = explicit.dense(fn, t, y, h, MethodStep(res.y1, res.f_new, None, stages, 0, ()))
-            nfe = tf.constant(explicit.tableau.stages)
-            return res.y1, res.f_new, res.err, rows, zeros_rows(stiff), rho, nfe, carry.counters
+            num2, den2 = _sq_dists(stages[5], res.f_new, a, res.y1)
+            ks = [tf.stack([stages[i][leaf] for i in tab.dense_rows], axis=0) for leaf in range(len(y))]
+            rows = _monomial(_TSIT5_TO_MONOMIAL, ks)
+            return res.y1, res.f_new, res.err, rows, h2 * num2 > self.stiff_threshold ** 2 * den2
 
         def stiff_branch():
-            st = stiff.step(fn, t, y, f, h, carry.counters)
-            rows, _ = stiff.dense(fn, t, y, h, st)
-            rho = _rodas_rho(fn, t, h, y, st)
-            return st.y1, st.f1, st.err, zeros_rows(explicit), rows, rho, tf.constant(st.nfe) + 1, st.carry
+            st = _RODAS5.step(fn, t, y, f, h, StiffCounters.zeros())
+            rows, _ = _RODAS5.dense(fn, t, y, h, st)
+            num2, den2 = _rodas_sq_dists(fn, t, h, y, st)
+            return st.y1, st.f1, st.err, _monomial(_RODAS5_TO_MONOMIAL, rows), h2 * num2 <= self.nonstiff_threshold ** 2 * den2
 
-        y1, f1, err, rk_rows, ro_rows, rho, nfe, counters = tf.cond(carry.stiff, stiff_branch, nonstiff_branch)
-        hr = tf.abs(h) * tf.stop_gradient(rho)
-        argues = tf.where(carry.stiff, hr < self.nonstiff_threshold, hr > self.stiff_threshold)
+        if not tf.executing_eagerly() and not tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+            # Outside XLA a conditional is lowered to switch/merge dataflow, and the
+            # executor walks every op of the untaken branch each step (hundreds
+            # for Rodas5's Jacobian): behind one call, the untaken stiff branch
+            # costs one node.
+            stiff_branch = tf.function(stiff_branch, experimental_attributes={"_noinline": True})
+        y1, f1, err, rows, argues = tf.cond(carry.stiff, stiff_branch, nonstiff_branch)
         streak = tf.where(argues, carry.streak + 1, 0)
         switch = streak >= self.switch_after
-        flag = tf.cast(carry.stiff, y[0].dtype)
-        rows = [tf.concat([flag * tf.ones_like(x[None]), a, b], axis=0) for x, a, b in zip(y, rk_rows, ro_rows)]
-        one = tf.constant(1, tf.int32)
+        s = tf.cast(carry.stiff, tf.int32)
         new_carry = _AutoCarry(
             stiff=tf.math.logical_xor(carry.stiff, switch),
             streak=tf.where(switch, 0, streak),
-            counters=counters,
-            nonstiff_steps=carry.nonstiff_steps + tf.where(carry.stiff, 0, one),
-            stiff_steps=carry.stiff_steps + tf.where(carry.stiff, one, 0),
+            counters=carry.counters.add(njac=s, nlu=s, nsolve=_RODAS5_SOLVES * s),
+            nonstiff_steps=carry.nonstiff_steps + 1 - s,
+            stiff_steps=carry.stiff_steps + s,
             switches=carry.switches + tf.cast(switch, tf.int32),
         )
-        return MethodStep(list(y1), list(f1), list(err), rows, nfe, new_carry)
+        nfe = tab.stages + (_RODAS5_NFE + 1 - tab.stages) * s
+        return MethodStep(list(y1), list(f1), list(err), list(rows), nfe, new_carry)
 
     def dense(self, fn, t, y, h, step):
         return step.data, 0
 
     def interpolate(self, theta, y0, h, rows):
-        n_rk = Tsit5().dense_rows
-        per_point = h.shape.rank == 1
-        ax = 1 if per_point else 0
-        take = lambda r, a, b: r[:, a:b] if per_point else r[a:b]  # noqa: E731
-        flags = [take(r, 0, 1) for r in rows]
-        v_rk = Tsit5().interpolate(theta, y0, h, [take(r, 1, 1 + n_rk) for r in rows])
-        v_ro = Rodas5().interpolate(theta, y0, h, [take(r, 1 + n_rk, None) for r in rows])
-        out = []
-        for f, a, b in zip(flags, v_rk, v_ro):
-            f = tf.squeeze(f, axis=ax)  # [*leaf] or [M, *leaf]
-            out.append(tf.where(f > 0.5, b, a))
-        return out
+        th = theta[:, None]
+        th2 = th * th
+        w = tf.concat([th, th2, th2 * th, th2 * th2], axis=1)  # [M, 4]
+        return interpolate_rows(w, y0, h, rows)
 
     def stats(self, carry) -> dict:
         out = carry.counters.as_stats()
@@ -152,7 +172,7 @@ class AutoTsit5Rodas5(ODEMethod):
         return out
 
 
-def _rodas_rho(fn, t, h, y, st):
+def _rodas_sq_dists(fn, t, h, y, st):
     """Eigenvalue estimate after a Rodas5 step, from its last two increments.
 
     ``y1 - k8`` is the 8th stage point; one extra evaluation there (paid only
@@ -162,4 +182,4 @@ def _rodas_rho(fn, t, h, y, st):
     k8 = st.data[-1]
     a = layout.unvec(layout.vec(st.y1) - k8)
     fa = fn(t + h, a)
-    return _rho(fa, st.f1, a, st.y1)
+    return _sq_dists(fa, st.f1, a, st.y1)
