@@ -57,7 +57,8 @@ runs (``"partial": true``); then per measurement its pooled line
 sensode's best over each peer's best for each workload and kind (also per
 method pair: DP5 / Dopri5, Tsit5 / Tsit5), with ``loss_rel_diff``
 (``|L_s - L_p| / |L_p|``) and ``grad_rel_diff`` (``|g_s - g_p| / |g_p|``)
-between the two, and each one's ``grad_rel_err`` against the reference where
+between the two (``.accurate``: the best among gradients within 1e-3 of the
+reference on both sides), and each one's ``grad_rel_err`` against the reference where
 one exists (SciPy DOP853 sensitivities at rtol 1e-12 for Lotka--Volterra,
 SciPy Radau sensitivities at tolerances 1e-4 times smaller for the stiff
 problems); and ``evaluations`` lines comparing backward evaluation counts.
@@ -107,7 +108,12 @@ _STIFF_SENSEALGS = flags.DEFINE_list(
     "sensode sensitivity algorithms on the stiff problems (ForwardSensitivity and InterpolatingAdjoint with Rodas5 "
     "compile for minutes: Robertson ForwardSensitivity took 503 s to compile on a loaded 2-core machine).")
 _OUT = flags.DEFINE_string("out", "/tmp/sensode_peers", "Folder for the workload data and the peers' gradients.")
+_REANALYZE = flags.DEFINE_list("reanalyze", [], "Recompute the ratio, accuracy and evaluation lines from the JSON "
+                                "lines of earlier runs (files; their gradient files must still exist) and exit.")
 _FIT_ROUNDS = flags.DEFINE_integer("fit_rounds", 1, "Rounds of the end-to-end fit comparison.", lower_bound=1)
+
+
+ACCURATE = 1e-3  # ".accurate" ratios: both gradients within this relative error of the reference
 
 
 def load():
@@ -367,18 +373,25 @@ def ratio_lines(results, refs):
             continue
         lib = name.split(".")[0]
         by.setdefault((wl, kind, lib), []).append(ln)
-    pairs = [("", lambda n: True, lambda n: True)]
-    pairs += [(".DP5_vs_Dopri5", lambda n: ".DP5" in n, lambda n: ".Dopri5" in n),
-              (".Tsit5_vs_Tsit5", lambda n: ".Tsit5" in n, lambda n: ".Tsit5" in n),
-              (".vs_Radau", lambda n: True, lambda n: ".Radau" in n)]
+    pairs = [("", lambda ln: True, lambda ln: True)]
+    pairs += [(".DP5_vs_Dopri5", lambda ln: ".DP5" in ln["name"], lambda ln: ".Dopri5" in ln["name"]),
+              (".Tsit5_vs_Tsit5", lambda ln: ".Tsit5" in ln["name"], lambda ln: ".Tsit5" in ln["name"]),
+              (".vs_Radau", lambda ln: True, lambda ln: ".Radau" in ln["name"])]
+    def accurate(ln):
+        g = grads_of(ln)
+        return g is not None and ln["workload"] in refs and rel(g, refs[ln["workload"]]) <= ACCURATE
+
     for (wl, kind, lib), peer_lines in sorted(by.items()):
         if lib == "sensode" or (wl, kind, "sensode") not in by:
             continue
-        for tag, s_ok, p_ok in pairs:
-            if tag and (lib == "scipy") != (tag == ".vs_Radau"):
+        variants = list(pairs)
+        if kind == "gradient" and wl in refs:
+            variants.append((".accurate", accurate, accurate))
+        for tag, s_ok, p_ok in variants:
+            if tag and tag != ".accurate" and (lib == "scipy") != (tag == ".vs_Radau"):
                 continue
-            s_c = [ln for ln in by[(wl, kind, "sensode")] if s_ok(ln["name"])]
-            p_c = [ln for ln in peer_lines if p_ok(ln["name"])]
+            s_c = [ln for ln in by[(wl, kind, "sensode")] if s_ok(ln)]
+            p_c = [ln for ln in peer_lines if p_ok(ln)]
             if not s_c or not p_c:
                 continue
             s, p = min(s_c, key=lambda x: x["seconds"]), min(p_c, key=lambda x: x["seconds"])
@@ -419,6 +432,29 @@ def evaluation_lines(results):
     return out
 
 
+def reanalyze(files):
+    results, refs = {}, {}
+    for path in files:
+        with open(path) as fh:
+            for raw in fh:
+                if not raw.startswith("{"):
+                    continue
+                ln = json.loads(raw)
+                if "library" not in ln or "workload" not in ln:
+                    continue
+                key = (ln["workload"], ln["kind"], ln["name"])
+                if ln["kind"] == "reference" and ln.get("grad_file"):
+                    refs[ln["workload"]] = grads_of(ln)
+                elif not ln.get("partial") and "round_medians" in ln:
+                    results[key] = ln
+    for line in ratio_lines(results, refs):
+        print(json.dumps(line), flush=True)
+    for line in accuracy_lines(results, refs):
+        print(json.dumps(line), flush=True)
+    for line in evaluation_lines(results):
+        print(json.dumps(line), flush=True)
+
+
 # --- the end-to-end fit ---------------------------------------------------------------
 
 
@@ -450,6 +486,8 @@ def fit_round(peers_python, data_file, out):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _REANALYZE.value:
+        return reanalyze(_REANALYZE.value)
     out = _OUT.value
     os.makedirs(out, exist_ok=True)
     data = workload_data()
@@ -462,6 +500,10 @@ def main(argv):
     print(json.dumps({"benchmark": "peers", "sensode": sensode.__version__, "tensorflow": tf.__version__,
                       "python": platform.python_version(), "cpus": os.cpu_count(), "load": os.getloadavg(),
                       "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+                      "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                            cwd=ROOT).stdout.strip(),
+                      "sensode_uncommitted": subprocess.run(["git", "status", "--short", "sensode"], capture_output=True,
+                                                            text=True, cwd=ROOT).stdout.split("\n")[:-1],
                       "peers_python": _PEERS.value, "workloads": workloads, "rounds": _ROUNDS.value,
                       "data": data_file}), flush=True)
     runners = {"sensode": LocalRunner(sensode_table(workloads), data, out)}
