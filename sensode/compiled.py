@@ -52,6 +52,8 @@ MAX_ENTRIES = 64
 _CACHE: "collections.OrderedDict[Any, Compiled]" = collections.OrderedDict()
 _FAST: "collections.OrderedDict[Any, _Entry]" = collections.OrderedDict()
 _EAGER_TENSOR = type(tf.constant(0.0))
+# Numbers compared by value: Python's, and NumPy scalars (``np.logspace`` tolerances).
+_NUMBERS = (float, int, np.float64, np.float32, np.int64, np.int32)
 # Problem attributes that are inputs (tensors or validated values); every other
 # attribute (``f``, and any field a problem class adds) is part of the key.
 _PROBLEM_INPUTS = ("u0", "tspan", "p")
@@ -154,7 +156,7 @@ def flat_inputs(u0, converted, float_leaves, extra) -> list:
 def _value_kind(x, dtype):
     """The key of one input checked by value, or None when it is not plain (full path)."""
     kind = type(x)
-    if x is None or kind is float or kind is int:
+    if x is None or kind in _NUMBERS:
         return kind
     if kind is _EAGER_TENSOR:
         # Another dtype is cast (a new tensor) or refused: the full path.
@@ -169,8 +171,8 @@ def _same_value(x, raw, value) -> bool:
     if x is raw and type(x) is not np.ndarray:  # tensors are immutable; arrays are not
         return True
     kind = type(x)
-    if kind is float or kind is int:
-        return x == raw  # NaN is never equal: the full path then raises
+    if kind in _NUMBERS:
+        return bool(x == raw)  # NaN is never equal: the full path then raises
     if x is None:
         return True
     return np.array_equal(x if kind is np.ndarray else x.numpy(), value)

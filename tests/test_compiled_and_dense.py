@@ -133,6 +133,8 @@ WARM_BAD = {
     "saveat_dtype": ({}, dict(saveat=tf.constant([0.0, 0.5, 1.0], tf.float32)), TypeError, "dtype mismatch"),
     "rtol_negative": ({}, dict(rtol=-1e-6), ValueError, "`rtol` must be positive"),
     "rtol_nan": ({}, dict(rtol=np.nan), ValueError, "`rtol` must be positive and finite"),
+    "rtol_numpy_scalar": (dict(rtol=np.float64(1e-6)), dict(rtol=np.float64(-1e-6)), ValueError,
+                          "`rtol` must be positive"),
     "atol_tensor_zero": (dict(atol=tf.constant(1e-8, F64)), dict(atol=tf.constant(0.0, F64)), ValueError,
                          "`atol` must be positive"),
     "dt_negative": (dict(dt=0.1), dict(dt=-0.1), ValueError, "`dt` must be positive and finite"),
