@@ -109,10 +109,10 @@ def integrate_batched(
         inside ``[t0, t1]`` (checked by the caller).
       args: a nest of ``[B, ...]`` tensors handed to ``fn`` (the samples'
         parameters).
-      compact: once at most ``B / 16`` samples are still running, gather them
-        into a batch of that size and finish them there (static ``B >= 64``
-        only). A few slow samples then cost a sixteenth of the batch per step
-        instead of all of it; the results do not depend on it.
+      compact: once at most ``max(B / 64, 4)`` samples are still running,
+        gather them into a batch of that size and finish them there (static
+        ``B >= 16`` only). A few slow samples then cost a small part of the
+        batch per step instead of all of it; the results do not depend on it.
 
     Returns:
       `BatchedResult`.
@@ -135,7 +135,9 @@ def integrate_batched(
     ctx = _context(bind(args), method, options, dtype, t0, t1, saveat)
     s = _initial_state(ctx, options, y0, tf.convert_to_tensor(t0, dtype))
     batch = y0.shape[0]
-    small = batch // _COMPACT if compact and batch is not None and batch >= 4 * _COMPACT else None
+    small = None
+    if compact and batch is not None and batch >= 4 * _MIN_COMPACT:
+        small = max(batch // _COMPACT, _MIN_COMPACT)
     if small is None:
         s = _run(ctx, s, lambda n_active: n_active > 0, options.max_steps)
         return _finish(ctx, s)
@@ -149,7 +151,12 @@ def integrate_batched(
     return _finish(ctx, s)
 
 
-_COMPACT = 16  # the compacted batch is B / _COMPACT
+# The compacted batch: B / 64 samples (at least 4). Measured at B = 4096 on
+# a batch with three samples needing 20,000 steps: B / 64 finishes it in 0.76 s,
+# B / 16 in 1.04 s (the tail's iterations cost less); on a homogeneous batch
+# both are equal.
+_COMPACT = 64
+_MIN_COMPACT = 4
 
 
 def _run(ctx: _Ctx, s: _State, go: Callable, max_steps: int) -> _State:
