@@ -90,7 +90,18 @@ def check_tolerance(value, name: str, dtype):
     v = static_value(value)
     if v is not None and (np.any(~np.isfinite(v)) or np.any(np.asarray(v) <= 0)):
         raise ValueError(f"`{name}` must be positive and finite, got {v}")
-    return tf.cast(value, dtype)
+    return to_dtype(value, dtype)
+
+
+def to_dtype(value, dtype):
+    """``value`` as a tensor of ``dtype``; Python and NumPy numbers converted exactly.
+
+    ``tf.cast`` of a Python float goes through float32 first (``1e-9``
+    becomes ``9.9999997e-10`` in a float64 solve).
+    """
+    if tf.is_tensor(value) or isinstance(value, tf.Variable):
+        return tf.cast(value, dtype)
+    return tf.constant(np.asarray(value, dtype.as_numpy_dtype))
 
 
 def check_max_steps(max_steps):

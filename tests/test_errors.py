@@ -216,3 +216,14 @@ def test_symbolic_values_are_left_to_the_status():
         return sd.solve(decay_problem(), sd.Tsit5(), rtol=rtol).status
 
     assert int(run(tf.constant(1e-6, F64))) == 0
+
+
+def test_python_float_tolerances_are_exact_in_float64():
+    # tf.cast of a Python float rounds through float32 (1e-9 -> 9.9999997e-10).
+    from sensode.ode import control, loop
+    from sensode.validation import check_tolerance
+
+    assert float(check_tolerance(1e-9, "rtol", tf.float64)) == 1e-9
+    ctx = loop._context(lambda t, y: y, None, sd.Tsit5(), control.SolveOptions(rtol=1e-9, atol=1e-13, dtmin=1e-11),
+                        [tf.constant([1.0], tf.float64)], 0.0, 1.0, None, None, None, None, False, True)
+    assert (float(ctx.rtol), float(ctx.atol), float(ctx.dtmin)) == (1e-9, 1e-13, 1e-11)

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..solution import Status
+from ..validation import to_dtype
 from . import dense as _dense
 from .control import PIController, SolveOptions, initial_step
 from .linear import WithJacobian
@@ -273,10 +274,10 @@ def _context(fn, structure, method, options, y0, t0, t1, saveat, tstops, jump, i
         t1=t1,
         direction=tf.where(t1 >= t0, tf.constant(1.0, dtype), tf.constant(-1.0, dtype)),
         eps=tf.constant(np.finfo(dtype.as_numpy_dtype).eps, dtype),
-        rtol=zero if options.rtol is None else tf.cast(options.rtol, dtype),
-        atol=zero if options.atol is None else tf.cast(options.atol, dtype),
-        dtmin=zero if options.dtmin is None else tf.cast(options.dtmin, dtype),
-        dtmax=span if options.dtmax is None else tf.minimum(tf.cast(options.dtmax, dtype), span),
+        rtol=zero if options.rtol is None else to_dtype(options.rtol, dtype),
+        atol=zero if options.atol is None else to_dtype(options.atol, dtype),
+        dtmin=zero if options.dtmin is None else to_dtype(options.dtmin, dtype),
+        dtmax=span if options.dtmax is None else tf.minimum(to_dtype(options.dtmax, dtype), span),
         controller=options.controller or PIController(),
         include=None if include is None else tf.nest.flatten(include),
         stop_grads=stop_grads,
@@ -295,7 +296,7 @@ def _initial_state(ctx: _Ctx, options: SolveOptions, y0: list, t0) -> _State:
     nfe = tf.constant(1, tf.int32)
     span = tf.abs(ctx.t1 - t0)
     if options.dt is not None:
-        h_abs = tf.abs(tf.cast(options.dt, dtype))
+        h_abs = tf.abs(to_dtype(options.dt, dtype))
     elif method.adaptive:
         h_abs = initial_step(ctx.fn, t0, y0, f0, ctx.direction, method.error_order, ctx.rtol, ctx.atol, span)
         h_abs = tf.stop_gradient(h_abs)

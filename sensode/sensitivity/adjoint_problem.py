@@ -32,6 +32,7 @@ from ..derivatives import graph_if_eager, vjp
 from ..ode import dense
 from ..ode.linear import WithJacobian, jacobian
 from ..params import Params
+from ..validation import to_dtype
 from .base import ForwardPass, Gradients, SensitivityAlgorithm, nan_if_failed
 from .checkpoint import backward_sweep, segment_cap, segmented_forward, solve_segment
 
@@ -212,9 +213,9 @@ class ContinuousAdjoint(SensitivityAlgorithm):
 def _backward_options(spec, alg: ContinuousAdjoint, h_init):
     over = {}
     if alg.rtol is not None:
-        over["rtol"] = tf.cast(alg.rtol, spec.options.rtol.dtype)
+        over["rtol"] = to_dtype(alg.rtol, spec.options.rtol.dtype)
     if alg.atol is not None:
-        over["atol"] = tf.cast(alg.atol, spec.options.atol.dtype)
+        over["atol"] = to_dtype(alg.atol, spec.options.atol.dtype)
     # The forward solve's last proposed step is a good first step for the
     # adjoint (the linearised dynamics share its time scales) and saves the
     # automatic start's cautious ramp-up; without it, the automatic choice.
