@@ -92,11 +92,11 @@ class _Stiff(ODEMethod):
         try:
             per_fn = _EAGER_STEPS.setdefault(fn, {})
         except TypeError:  # not weakly referenceable: a fresh graph function, uncached
-            return tf.function(self._step)(fn, t, y, f, h, carry)
+            return tf.function(self._step, autograph=False)(fn, t, y, f, h, carry)
         key = self  # methods hash by type and options
         if key not in per_fn:
             ref = weakref.ref(fn)
-            per_fn[key] = tf.function(lambda *a: self._step(ref(), *a), reduce_retracing=True)
+            per_fn[key] = tf.function(lambda *a: self._step(ref(), *a), reduce_retracing=True, autograph=False)
         return per_fn[key](t, y, f, h, carry)
 
     def _step(self, fn, t, y, f, h, carry) -> MethodStep:
