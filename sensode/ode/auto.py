@@ -17,11 +17,11 @@ Both dense outputs are quartic polynomials in ``theta`` without a constant
 term, so every step is recorded as the same four monomial coefficient rows
 and interpolated by one formula, whichever method took it.
 
-Cost while non-stiff (Lotka--Volterra, interleaved medians): 1.02--1.09x
-Tsit5's time under XLA, 1.02--1.14x in graph mode; gradients cost more
+Cost while non-stiff (Lotka--Volterra, interleaved medians): 1.02--1.11x
+Tsit5's time under XLA, 0.9--1.14x in graph mode; gradients cost more
 (reverse mode through a conditional keeps both branches' intermediates:
-DiscreteAdjoint 1.2x under XLA, 2.2x in graph mode), and every trace
-compiles Rodas5 too (first calls 2.4--8x longer). The estimate can miss the
+DiscreteAdjoint 1.2--1.4x under XLA, 2.2x in graph mode), and every trace
+compiles Rodas5 too (first calls 2--25x longer). The estimate can miss the
 fast mode at tight tolerances (Robertson at rtol 1e-9). Hence not the
 default; see docs/stiff.md.
 
