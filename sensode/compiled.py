@@ -125,6 +125,13 @@ class Compiled:
         self.concrete = None
 
     def __call__(self, tensors):
+        if tfcompat.gradient_may_be_recorded():
+            # Under a tape, through `tf.function`: it builds the backward
+            # program inside the XLA context, so code that chooses kernels by
+            # that context (the LU of the stiff methods' backward solves)
+            # sees it; the gradient of a bare ConcreteFunction call is traced
+            # outside it and fails to compile.
+            return self.function(*tensors)
         if self.concrete is None:
             self.concrete = self.function.get_concrete_function(*tensors)
         return tfcompat.call_flat(self.concrete, tensors)
