@@ -21,7 +21,7 @@ See ``docs/architecture.md``.
 import importlib as _importlib
 
 from . import models
-from .api import adjoint_sensitivities, forward_sensitivities, odeint, solve
+from .api import StiffnessWarning, adjoint_sensitivities, forward_sensitivities, odeint, solve
 from .nonlinear import linsolve
 from .nonlinear.implicit import solve_nonlinear
 from .nonlinear.methods import AndersonAcceleration, DynamicSS, NewtonKrylov, NewtonRaphson
@@ -106,6 +106,7 @@ __all__ = [
     "Rodas5",
     "Rosenbrock23",
     "SolverError",
+    "StiffnessWarning",
     "Status",
     "SteadyStateAdjoint",
     "SteadyStateProblem",

@@ -11,6 +11,8 @@ to tensors of one dtype, run the shared loop, and in eager mode raise
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import tensorflow as tf
 
@@ -20,6 +22,7 @@ from .nonlinear.implicit import solve_nonlinear
 from .ode.control import PIController, SolveOptions
 from .ode.loop import nan_gradient_if
 from .ode.methods import ODEMethod, Tsit5
+from .ode.rosenbrock import Rodas5
 from .params import Params, find_variables
 from .problems import NonlinearProblem, ODEProblem, SteadyStateProblem, check_u0
 from .sensitivity.adjoint_problem import ContinuousAdjoint
@@ -31,7 +34,7 @@ from .sensitivity.direct import forward_sensitivities as _forward_sensitivities
 from .sensitivity.interpolating import InterpolatingAdjoint
 from .solution import ODESolution, Status, raise_if_failed
 
-__all__ = ["solve", "odeint", "forward_sensitivities", "adjoint_sensitivities"]
+__all__ = ["solve", "odeint", "forward_sensitivities", "adjoint_sensitivities", "StiffnessWarning"]
 
 # The entry points use explicit TF control flow; AutoGraph would only slow
 # tracing down (and re-read the source files).
@@ -72,9 +75,15 @@ def solve(
 
     Args:
       prob: the problem.
-      alg: for an ODE, a method (`Tsit5()`, `DP5()`, `BS3()`, `DP8()`, or the
-        fixed-step `Euler()`, `Midpoint()`, `Heun()`, `RK4()`); default
-        `Tsit5()`. For ``f(u, p) = 0``, `NewtonRaphson()` (default),
+      alg: for an ODE, a method (`Tsit5()`, `DP5()`, `BS3()`, `DP8()`, the
+        fixed-step `Euler()`, `Midpoint()`, `Heun()`, `RK4()`, or the stiff
+        `Rodas5()`, `Rosenbrock23()`, `Kvaerno5()`, `AutoTsit5Rodas5()`);
+        default `Tsit5()`. Called eagerly with no ``alg``, no ``dt`` and the
+        default ``max_steps``, a Tsit5 solve that stops with ``MAX_STEPS`` or
+        ``DT_MIN`` (the sign of a stiff problem) is done again with
+        `Rodas5()`, with a `StiffnessWarning` (not inside `tf.function`,
+        where both programs would be compiled on every trace: pass a stiff
+        method there). For ``f(u, p) = 0``, `NewtonRaphson()` (default),
         `NewtonKrylov()`, `AndersonAcceleration()` or `DynamicSS()`.
       saveat: (ODE) ``[T]`` times inside ``tspan``, monotone in the direction
         of integration; ``None`` saves ``t0`` and ``t1``. Values come from the
@@ -125,6 +134,43 @@ def solve(
     wrong = [k for k, v in dict(abstol=abstol, reltol=reltol, max_iters=max_iters).items() if v is not None]
     if wrong:
         raise TypeError(f"solve() option(s) {wrong} apply to NonlinearProblem / SteadyStateProblem only")
+    options = dict(saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
+                   controller=controller, sensealg=sensealg, compile=compile)
+    retry = alg is None and dt is None and _is_default_max_steps(max_steps) and tf.executing_eagerly()
+    sol = _solve_ode(prob, alg, throw=throw and not retry, **options)
+    if retry and int(sol.status) in _STIFF_SYMPTOMS:
+        # The default method ran out of steps (or of step size) with the
+        # default budget: the classic sign of a stiff problem. Solve it again
+        # with the stiff default, once, and say so.
+        stiff = Rodas5()
+        warnings.warn(
+            f"solve: the default method {sol.alg!r} stopped with status {int(sol.status)} "
+            f"({Status(int(sol.status)).name}) after {int(sol.stats['steps'])} steps; the problem looks stiff, so it "
+            f"was solved again with {stiff!r}. Pass alg=sensode.{stiff!r} to skip the first attempt (inside "
+            "tf.function there is no second attempt).",
+            StiffnessWarning,
+            stacklevel=2,
+        )
+        sol = _solve_ode(prob, stiff, throw=throw, **options)
+    elif retry and throw:
+        raise_if_failed(sol.status, f"solve with {sol.alg!r}")
+    return sol
+
+
+# Statuses of an explicit solve that a stiff method may cure.
+_STIFF_SYMPTOMS = (Status.MAX_STEPS, Status.DT_MIN)
+
+
+def _is_default_max_steps(max_steps) -> bool:
+    return type(max_steps) is int and max_steps == DEFAULT_MAX_STEPS
+
+
+class StiffnessWarning(UserWarning):
+    """`solve` with the default method gave up on a problem that looks stiff and used `Rodas5`."""
+
+
+def _solve_ode(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller, sensealg, throw, compile):
+    """`solve` of an `ODEProblem` with one method (``alg`` None: `Tsit5`)."""
     fast = None
     if compile and tf.executing_eagerly():
         fast = _fast_call("solve", prob, alg, sensealg, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller)

@@ -129,6 +129,20 @@ def test_explicit_method_fails_on_robertson_with_a_status():
     assert int(sol.status) != 0
 
 
+def test_default_method_retries_a_stiff_problem_with_rodas5_in_eager_mode():
+    # No alg, the default max_steps: Tsit5 runs out of steps on Robertson, the solve is done again with Rodas5.
+    with pytest.warns(sd.StiffnessWarning, match=r"Tsit5\(\) stopped with status 1 \(MAX_STEPS\).*Rodas5"):
+        sol = sd.solve(ROBER, saveat=tf.constant(ROBER_TS), rtol=1e-7, atol=1e-12)
+    assert sol.alg == sd.Rodas5() and int(sol.status) == 0
+    np.testing.assert_allclose(sol.u.numpy(), ROBER_REF, rtol=1e-4, atol=1e-11)
+    # An explicit budget or method is the caller's: no second attempt.
+    with pytest.raises(sd.SolverError, match=r"Tsit5\(\) failed.*status 1"):
+        sd.solve(ROBER, rtol=1e-7, atol=1e-12, max_steps=300)
+    # Inside tf.function nothing retries: the status says what happened.
+    status = tf.function(lambda: sd.solve(ROBER, rtol=1e-7, atol=1e-12, throw=False).status)()
+    assert int(status) == sd.Status.MAX_STEPS
+
+
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 def test_robertson_modes(mode):
     fn = (lambda u0: _rober_solve(sd.Rodas5(), u0)) if mode == "eager" else tf.function(
