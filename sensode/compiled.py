@@ -115,14 +115,14 @@ def _hashable(x) -> bool:
 class Compiled:
     """The XLA-compiled function of one call structure, called with a flat list of tensors.
 
-    ``fn(*tensors)`` is traced once (`get_concrete_function`) and the traced
-    function is then called directly (`tfcompat.call_flat`), without
-    `tf.function`'s per-call argument binding.
+    ``fn(*tensors)`` is traced once per list of shapes and dtypes
+    (`get_concrete_function`) and the traced function is then called directly
+    (`tfcompat.call_flat`), without `tf.function`'s per-call argument binding.
     """
 
     def __init__(self, fn: Callable):
         self.function = tf.function(fn, jit_compile=True, autograph=False)
-        self.concrete = None
+        self.concrete = {}
 
     def __call__(self, tensors):
         if tfcompat.gradient_may_be_recorded():
@@ -132,9 +132,13 @@ class Compiled:
             # sees it; the gradient of a bare ConcreteFunction call is traced
             # outside it and fails to compile.
             return self.function(*tensors)
-        if self.concrete is None:
-            self.concrete = self.function.get_concrete_function(*tensors)
-        return tfcompat.call_flat(self.concrete, tensors)
+        # The caller's key may leave shapes out (``u0``'s, for one): a traced
+        # function only takes the shapes it was traced with.
+        shapes = tuple((x.dtype, tuple(x.shape)) for x in tensors)
+        concrete = self.concrete.get(shapes)
+        if concrete is None:
+            concrete = self.concrete[shapes] = self.function.get_concrete_function(*tensors)
+        return tfcompat.call_flat(concrete, tensors)
 
 
 def cached_function(key, build: Callable[[], Callable]) -> Compiled:

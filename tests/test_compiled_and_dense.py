@@ -209,3 +209,15 @@ def test_long_saveat_written_through_window_matches_closed_form(compiled, direct
     np.testing.assert_allclose(u.numpy(), exact, rtol=1e-7, atol=1e-12)
     np.testing.assert_allclose(float(dk), np.sum(w.numpy() * exact * -(ts_np - t0)[:, None]), rtol=1e-6)
     np.testing.assert_allclose(dts.numpy(), np.sum(w.numpy() * -k * exact, axis=1), rtol=1e-6, atol=1e-9)
+
+
+def test_eager_calls_with_a_new_state_shape_compile_again():
+    # The same f, method and options with a batched u0: another program, not the first one reused.
+    ts = tf.constant([0.0, 0.5, 2.0], F64)
+    prob = sd.ODEProblem(lambda t, u, p: -p * u, tf.constant([1.0, -2.0], F64), (0.0, 2.0), tf.constant(0.7, F64))
+    batch = tf.constant([[1.0, -2.0], [0.5, 3.0], [2.0, 0.0]], F64)
+    for u0 in (prob.u0, prob.u0, batch, batch, prob.u0):  # first, fast-path and full-path calls of each shape
+        sol = sd.solve(prob.remake(u0=u0), sd.Tsit5(), saveat=ts, rtol=1e-10, atol=1e-12)
+        assert sol.u.shape == (3, *u0.shape)
+        expected = u0.numpy()[None] * np.exp(-0.7 * ts.numpy()).reshape([-1] + [1] * u0.shape.rank)
+        np.testing.assert_allclose(sol.u.numpy(), expected, rtol=1e-8, atol=1e-12)
