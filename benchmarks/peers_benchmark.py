@@ -270,38 +270,12 @@ def sensode_table(workloads):
     return table
 
 
-class LocalRunner:
-    """sensode's measurements in this process, with the same fields as the peers' harness."""
+def LocalRunner(table, data, out):
+    """sensode's measurements in this process: the peers' own `Runner` (NumPy only), so the fields match."""
+    sys.path.insert(0, os.path.join(HERE, "peers"))
+    from _harness import Runner
 
-    def __init__(self, table, data, out):
-        self.table, self.data, self.out, self.ready = table, data, out, {}
-
-    def measure(self, key, reps):
-        if key not in self.ready:
-            made = self.table[key](self.data)
-            call, extra = made if isinstance(made, tuple) else (made, None)
-            start = time.perf_counter()
-            res = call()
-            compile_s = time.perf_counter() - start
-            stats = extra() if extra else {}
-            grad_file = None
-            if "grad" in res:
-                grad_file = os.path.join(self.out, re.sub(r"[^\w.-]", "_", f"sensode_{key[0]}_{key[2]}") + ".npz")
-                np.savez(grad_file, *res["grad"])
-            self.ready[key] = (call, compile_s, stats, grad_file, res)
-        call, compile_s, stats, grad_file, res = self.ready[key]
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            res = call()
-            times.append(time.perf_counter() - start)
-        line = {"library": f"sensode {sensode.__version__} (tensorflow {tf.__version__})", "name": key[2],
-                "workload": key[0], "kind": key[1], "seconds": statistics.median(times), "n": reps, "times": times,
-                "compile_s": round(compile_s, 3), "loss": res["loss"], "grad_file": grad_file}
-        line.update({k: v for k, v in res.items() if k not in ("loss", "grad")})
-        line.update(stats)
-        line["load"] = load()
-        return line
+    return Runner(f"sensode {sensode.__version__} (tensorflow {tf.__version__})", table, data, out)
 
 
 class PeerProcess:
