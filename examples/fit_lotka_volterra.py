@@ -10,6 +10,7 @@ Usage:
   python examples/fit_lotka_volterra.py --noise=0.05 --sensealg=InterpolatingAdjoint
 """
 
+import sys
 import time
 
 import numpy as np
@@ -17,7 +18,7 @@ import tensorflow as tf
 from absl import app, flags
 
 import sensode
-from sensode import estimation, models
+from sensode import compilation_cache, estimation, models
 from sensode.compare import parse_sensealg
 
 NOISE = flags.DEFINE_float("noise", 0.05, "Standard deviation of the observation noise.")
@@ -27,6 +28,7 @@ SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
 SENSEALG = flags.DEFINE_string("sensealg", "ForwardSensitivity", "Sensitivity algorithm, e.g. InterpolatingAdjoint.")
 ADAM_STEPS = flags.DEFINE_integer("adam_steps", 50, "Adam steps before L-BFGS.")
 PNG = flags.DEFINE_string("png", "fit_lotka_volterra.png", "Figure path (written only if matplotlib is installed).")
+XLA_CACHE = flags.DEFINE_string("xla_cache", None, compilation_cache.FLAG_HELP)
 
 TRUE_P = np.array([1.5, 1.0, 3.0, 1.0])
 
@@ -66,4 +68,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    compilation_cache.from_argv(sys.argv)  # --xla_cache, read before absl and TensorFlow start
     app.run(main)

@@ -21,6 +21,7 @@ See ``docs/architecture.md``.
 import importlib as _importlib
 
 from . import models
+from .compilation_cache import enable_compilation_cache
 from .api import StiffnessWarning, adjoint_sensitivities, forward_sensitivities, odeint, solve
 from .nonlinear import linsolve
 from .nonlinear.implicit import solve_nonlinear
@@ -114,6 +115,7 @@ __all__ = [
     "adjoint_sensitivities",
     "compare_sensitivities",
     "default_sensealg",
+    "enable_compilation_cache",
     "estimation",
     "fit",
     "forward_sensitivities",

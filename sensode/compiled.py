@@ -51,7 +51,9 @@ __all__ = ["cached_function", "signature", "fast_call", "Compiled", "FastCall", 
 MAX_ENTRIES = 64
 _CACHE: "collections.OrderedDict[Any, Compiled]" = collections.OrderedDict()
 _FAST: "collections.OrderedDict[Any, _Entry]" = collections.OrderedDict()
-_EAGER_TENSOR = type(tf.constant(0.0))
+# type(tf.constant(0.0)), set by the first `fast_call`: making a tensor at import
+# would start TensorFlow's runtime, after which devices and TF_XLA_FLAGS are fixed.
+_EAGER_TENSOR = None
 # Numbers compared by value: Python's, and NumPy scalars (``np.logspace`` tolerances).
 _NUMBERS = (float, int, np.float64, np.float32, np.int64, np.int32)
 # Problem attributes that are inputs (tensors or validated values); every other
@@ -291,6 +293,9 @@ def fast_call(name, prob, raws, static, extra=()) -> FastCall | None:
     ``max_steps`` with its type, ...); ``extra`` further tensors of the call
     (or None).
     """
+    global _EAGER_TENSOR
+    if _EAGER_TENSOR is None:
+        _EAGER_TENSOR = type(tf.constant(0.0))
     u0 = prob.u0
     if type(u0) is not _EAGER_TENSOR:
         return None

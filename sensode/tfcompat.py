@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
-__all__ = ["call_flat", "gradient_may_be_recorded", "in_xla_context", "stop_recording"]
+__all__ = ["call_flat", "gradient_may_be_recorded", "in_xla_context", "runtime_started", "stop_recording"]
 
 
 def gradient_may_be_recorded() -> bool:
@@ -73,3 +73,21 @@ def call_flat(concrete, tensors):
     if fn is None:  # pragma: no cover - depends on the TF release
         return concrete(*tensors)
     return fn(list(tensors), concrete.captured_inputs)
+
+
+def runtime_started() -> bool:
+    """Whether TensorFlow's runtime (the eager context and its devices) exists yet.
+
+    Used by `sensode.enable_compilation_cache`: ``TF_XLA_FLAGS`` is read once,
+    when the runtime starts, so a flag set later has no effect. No public API
+    says whether that has happened. Fallback: True (the caller then reports
+    that it is too late instead of claiming a cache that is not in use).
+    """
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:  # pragma: no cover
+        return True
+    ctx = getattr(context, "_context", None)
+    if ctx is None:
+        return False
+    return getattr(ctx, "_context_handle", True) is not None

@@ -4,6 +4,8 @@ References: the op-by-op path (``compile=False``) and the closed form of
 exponential decay for the cache; NumPy's ``searchsorted`` for the lookups.
 """
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -221,3 +223,61 @@ def test_eager_calls_with_a_new_state_shape_compile_again():
         assert sol.u.shape == (3, *u0.shape)
         expected = u0.numpy()[None] * np.exp(-0.7 * ts.numpy()).reshape([-1] + [1] * u0.shape.rank)
         np.testing.assert_allclose(sol.u.numpy(), expected, rtol=1e-8, atol=1e-12)
+
+
+# As the command lines do it: --xla_cache read before absl starts (enabling it
+# inside main, after absl's start-up, is too late in TensorFlow 2.21).
+_CACHE_SCRIPT = """
+import sys
+from absl import app, flags
+from sensode import compilation_cache
+flags.DEFINE_string("xla_cache", None, "cache")
+compilation_cache.from_argv(sys.argv)
+
+def main(argv):
+    import sensode
+    sol = sensode.solve(sensode.models.lotka_volterra(), saveat=[0.0, 5.0, 10.0], rtol=1e-9, atol=1e-9)
+    print(compilation_cache.active_directory())
+    print(repr(float(sol.u[-1, 0])))
+
+app.run(main)
+"""
+
+
+def test_compilation_cache_is_written_then_reused_by_a_second_process(tmp_path):
+    import subprocess
+    import sys
+
+    cache = tmp_path / "xla"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_XLA_FLAGS", "SENSODE_XLA_CACHE")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", _CACHE_SCRIPT, f"--xla_cache={cache}"], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.split()
+
+    first = run()
+    assert first[0] == str(cache)
+    written = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert written, "the first process wrote no compiled program"
+    second = run()
+    assert second == first  # same directory, same value (to the last bit)
+    # A miss would have compiled again and rewritten (or added) a file.
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == written
+    assert float(first[1]) == pytest.approx(1.0263447675753106, rel=1e-6)  # SciPy DOP853 at rtol 1e-12
+
+
+def test_compilation_cache_too_late_or_bad_input(tmp_path, monkeypatch):
+    tf.constant(1.0)  # TensorFlow's runtime has started in this process
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    with pytest.warns(RuntimeWarning, match="before the first TensorFlow operation"):
+        assert sd.enable_compilation_cache(tmp_path) is None
+    assert "TF_XLA_FLAGS" not in os.environ
+    with pytest.raises(TypeError, match="directory"):
+        sd.enable_compilation_cache(3)
+    monkeypatch.setenv("SENSODE_XLA_CACHE", "off")
+    assert sd.enable_compilation_cache() is None
+    monkeypatch.setenv("TF_XLA_FLAGS", f"--tf_xla_persistent_cache_directory={tmp_path}")
+    assert sd.enable_compilation_cache("/elsewhere") == str(tmp_path)  # the environment's choice is kept

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .. import models
+from .. import compilation_cache, models
 from .comparison import compare_sensitivities, parse_sensealg
 from ..ode.auto import AutoTsit5Rodas5
 from ..ode.methods import BS3, DP5, DP8, Tsit5
@@ -74,6 +74,7 @@ def define_flags():
     flags.DEFINE_bool("fd", True, "Add the finite-difference check row.")
     flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
     flags.DEFINE_string("plot_out", None, "Write the error-versus-time figure here (needs matplotlib).")
+    flags.DEFINE_string("xla_cache", None, compilation_cache.FLAG_HELP)
     # Validators run while parsing, so a bad value stops before any solve
     # (a negative tolerance used to become a table row and exit status 0).
     for name in ("rtol", "atol"):
@@ -129,6 +130,9 @@ def main(argv):
 
     del argv
     FLAGS = flags.FLAGS
+    cache = compilation_cache.active_directory()  # enabled by `run`, before absl started
+    if cache:
+        print(f"XLA compilation cache: {cache}", file=sys.stderr)
     alg = _METHODS[FLAGS.alg.lower()]()
     kwargs = {} if FLAGS.t1 is None else {"tspan": (0.0, FLAGS.t1)}
     prob = models.PROBLEMS[FLAGS.problem](**kwargs)
@@ -172,5 +176,6 @@ def run(argv=None) -> None:
     """Define the flags and run `main` under absl (the body of ``python -m sensode.compare``)."""
     from absl import app
 
+    compilation_cache.from_argv(sys.argv if argv is None else argv)
     define_flags()
     app.run(main, argv=argv, flags_parser=parse_flags)

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from .. import compilation_cache
+
 METHODS = ("sobol", "morris", "dgsm")
 
 
@@ -45,6 +47,7 @@ def define_flags():
     flags.DEFINE_bool("progress", True, "Report solved samples on stderr.")
     flags.DEFINE_string("json_out", None, "Write the indices as JSON here.")
     flags.DEFINE_string("plot_out", None, "Write the figure here (needs matplotlib).")
+    flags.DEFINE_string("xla_cache", None, compilation_cache.FLAG_HELP)
 
 
 def parse_flags(argv):
@@ -79,6 +82,9 @@ def main(argv):
     from . import analysis, plotting
 
     F = flags.FLAGS
+    cache = compilation_cache.active_directory()  # enabled by `run`, before absl started
+    if cache:
+        print(f"XLA compilation cache: {cache}", file=sys.stderr)
     prob, space = analysis.model_space(F.problem, F.rel)
     t0, t1 = (float(x) for x in prob.tspan)
     saveat = tf.constant(np.linspace(t0, t1, F.saves), prob.u0.dtype)
@@ -120,6 +126,7 @@ def main(argv):
 def run():
     from absl import app
 
+    compilation_cache.from_argv(sys.argv)
     define_flags()
     app.run(main, flags_parser=parse_flags)
 
