@@ -281,3 +281,20 @@ def test_compilation_cache_too_late_or_bad_input(tmp_path, monkeypatch):
     assert sd.enable_compilation_cache() is None
     monkeypatch.setenv("TF_XLA_FLAGS", f"--tf_xla_persistent_cache_directory={tmp_path}")
     assert sd.enable_compilation_cache("/elsewhere") == str(tmp_path)  # the environment's choice is kept
+
+
+def test_importing_sensode_leaves_tensorflow_configurable():
+    # Device and thread settings (and TF_XLA_FLAGS) are fixed once TensorFlow's
+    # runtime starts; importing sensode and its front-ends must not start it.
+    import subprocess
+    import sys
+
+    script = (
+        "import tensorflow as tf\n"
+        "import sensode, sensode.keras, sensode.compare, sensode.gsa, sensode.gsa.__main__\n"
+        "tf.config.threading.set_intra_op_parallelism_threads(1)\n"  # RuntimeError once started
+        "print('ok')\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
