@@ -152,3 +152,24 @@ def in_mode(mode: str, fn):
     if mode == "xla":
         return tf.function(fn, jit_compile=True)
     raise ValueError(f"unknown execution mode {mode!r}")
+
+
+# Exponential decay u' = -k u shared by the sensitivity tests.
+DECAY_K = 0.7
+DECAY_U0 = np.array([1.0, -2.0])
+DECAY_W = np.array([0.3, 0.5])  # weight on u(t1)
+
+
+def rel_err(x, ref):
+    """``max |x - ref| / max |ref|`` (a relative error of the whole array)."""
+    x = np.asarray(x, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert x.shape == ref.shape, (x.shape, ref.shape)
+    return float(np.max(np.abs(x - ref)) / np.max(np.abs(ref)))
+
+
+def assert_close(name, x, ref, tol):
+    assert x is not None, f"{name}: gradient is None"
+    err = rel_err(np.asarray(x), ref)
+    assert err < tol, f"{name}: relative error {err:.3e} >= {tol:.0e}"
+    return err

@@ -19,6 +19,8 @@ import tensorflow as tf
 import sensode
 from sensode.keras import DEQ, NeuralODE
 
+from keras_models import TanhCell, mlp
+
 TIGHT = dict(rtol=1e-8, atol=1e-10, max_steps=400)
 
 
@@ -57,41 +59,6 @@ class LinearCell(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "n": self.n, "scale": self.scale}
-
-
-@keras.saving.register_keras_serializable(package="sensode_tests")
-class TanhCell(keras.layers.Layer):
-    """``cell(z, x) = tanh(z W + x U + b)`` with a small (contractive) ``W``."""
-
-    def __init__(self, n, **kwargs):
-        super().__init__(**kwargs)
-        self.n = n
-        self.zpath = keras.layers.Dense(
-            n, use_bias=False, kernel_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=2),
-            dtype=self.dtype_policy,
-        )
-        self.xpath = keras.layers.Dense(n, dtype=self.dtype_policy)
-
-    def build(self, z_shape, x_shape):
-        self.zpath.build(z_shape)
-        self.xpath.build(x_shape)
-
-    def call(self, z, x):
-        return tf.tanh(self.zpath(z) + self.xpath(x))
-
-    def get_config(self):
-        return {**super().get_config(), "n": self.n}
-
-
-def mlp(width, dtype="float32", seed=0):
-    init = keras.initializers.GlorotUniform(seed=seed)
-    return keras.Sequential(
-        [
-            keras.Input((width,), dtype=dtype),
-            keras.layers.Dense(8, activation="tanh", kernel_initializer=init, bias_initializer="ones", dtype=dtype),
-            keras.layers.Dense(width, kernel_initializer=init, dtype=dtype),
-        ]
-    )
 
 
 def rk4_reference(field, u0, times, t1, time_dependent, steps_per_unit=100):
@@ -320,7 +287,7 @@ _MIRRORED = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, sensode
-    from test_keras import TanhCell, mlp
+    from keras_models import TanhCell, mlp
     from sensode.keras import DEQ, NeuralODE
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
@@ -416,117 +383,3 @@ def test_dynamic_batch_while_training_is_explained():
             train.get_concrete_function()
     infer = tf.function(lambda x: deq(x), input_signature=spec)
     np.testing.assert_allclose(infer(x).numpy(), z, rtol=1e-5, atol=1e-6)
-
-
-# --- failures are never silent (issue 11) -----------------------------------------
-
-MODES = ["eager", "tf.function", "xla"]
-
-
-def _run(mode, fn, *args):
-    if mode == "eager":
-        return fn(*args)
-    return tf.function(fn, jit_compile=(mode == "xla"))(*args)
-
-
-class NoFixedPoint(keras.layers.Layer):
-    """``cell(z, x) = z + 1 + x^2``: ``cell(z) - z >= 1``, no fixed point anywhere."""
-
-    def call(self, z, x):
-        return z + 1.0 + tf.reduce_sum(x**2, axis=-1, keepdims=True)
-
-
-def _starved_ode(**kw):
-    # Tight tolerances and 2 steps: the solve cannot reach t1 (Status.MAX_STEPS).
-    return NeuralODE(mlp(2), rtol=1e-9, atol=1e-12, max_steps=2, **kw)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("return_sequences", [False, True])
-def test_neural_ode_failed_solve_raises_in_eager_and_is_nan_in_graphs(mode, return_sequences):
-    layer = _starved_ode(return_sequences=return_sequences, t=(0.0, 0.5, 1.0))
-    x = np.ones((3, 2), "float32")
-    if mode == "eager":
-        with pytest.raises(sensode.SolverError, match=r"status 1 \(MAX_STEPS\).*max_steps") as info:
-            layer(x)
-        # Keras re-raises with added context; the code survives.
-        assert info.value.status == sensode.Status.MAX_STEPS
-    else:
-        out = _run(mode, lambda x: layer(x, training=False), x).numpy()
-        assert out.shape == ((3, 3, 2) if return_sequences else (3, 2)) and np.all(np.isnan(out))
-    assert int(layer.last_status.numpy()) == sensode.Status.MAX_STEPS
-    # A solve that succeeds resets the status.
-    layer.max_steps = 1000
-    out = _run(mode, lambda x: layer(x, training=False), x).numpy()
-    assert np.all(np.isfinite(out)) and int(layer.last_status.numpy()) == 0
-
-
-@pytest.mark.parametrize("mode", ["tf.function", "xla"])
-@pytest.mark.parametrize("sensealg", [sensode.DiscreteAdjoint(), sensode.BacksolveAdjoint()], ids=repr)
-def test_neural_ode_failed_solve_gives_nan_gradients(mode, sensealg):
-    layer = _starved_ode(sensealg=sensealg)
-    x = tf.ones((3, 2))
-
-    def loss_and_grads(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            # relu passes back a zero cotangent at NaN: the layer itself must poison the gradient.
-            loss = tf.reduce_sum(tf.nn.relu(layer(x, training=True)))
-        return loss, tape.gradient(loss, [x] + layer.trainable_variables)
-
-    loss, grads = _run(mode, loss_and_grads, x)
-    assert np.isnan(loss.numpy())
-    assert all(np.all(np.isnan(g.numpy())) for g in grads)
-
-
-def test_on_failure_nan_returns_nan_in_eager_and_is_validated_and_serialised():
-    layer = _starved_ode(on_failure="nan")
-    out = layer(np.ones((2, 2), "float32"))
-    assert np.all(np.isnan(out.numpy())) and int(layer.last_status.numpy()) == sensode.Status.MAX_STEPS
-    config = layer.get_config()
-    assert config["on_failure"] == "nan" and NeuralODE.from_config(config).on_failure == "nan"
-    deq = DEQ(TanhCell(2), state_size=2, on_failure="nan")
-    assert DEQ.from_config(deq.get_config()).on_failure == "nan"
-    for bad in ("ignore", None, 0):
-        with pytest.raises(ValueError, match="on_failure"):
-            NeuralODE(mlp(2), on_failure=bad)
-        with pytest.raises(ValueError, match="on_failure"):
-            DEQ(TanhCell(2), state_size=2, on_failure=bad)
-
-
-def test_fit_with_a_failing_solve_has_a_nan_loss_not_zeros():
-    keras.utils.set_random_seed(0)
-    x = np.random.default_rng(0).normal(size=(8, 2)).astype("float32")
-    ode = _starved_ode(sensealg=sensode.DiscreteAdjoint())
-    model = keras.Sequential([keras.Input((2,)), ode])
-    model.compile(optimizer="adam", loss="mse")
-    history = model.fit(x, x, batch_size=4, epochs=3, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()])
-    assert len(history.history["loss"]) == 1 and np.isnan(history.history["loss"][0])
-    assert int(ode.last_status.numpy()) == sensode.Status.MAX_STEPS
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_deq_without_fixed_point_raises_in_eager_and_is_nan_in_graphs(mode):
-    deq = DEQ(NoFixedPoint(), state_size=2, max_iters=20)
-    x = np.ones((3, 2), "float32")
-    if mode == "eager":
-        with pytest.raises(sensode.SolverError, match=r"status 4 \(MAX_ITERS\).*max_iters=20") as info:
-            deq(x)
-        assert info.value.status == sensode.Status.MAX_ITERS
-    else:
-        z = _run(mode, lambda x: deq(x), x).numpy()
-        assert z.shape == (3, 2) and np.all(np.isnan(z))
-    assert int(deq.last_status.numpy()) == sensode.Status.MAX_ITERS
-
-
-def test_deq_without_fixed_point_nan_gradients_and_unknown_batch():
-    deq = DEQ(NoFixedPoint(), state_size=2, max_iters=20, on_failure="nan")
-    x = tf.ones((3, 2))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(tf.nn.relu(deq(x)))
-    assert np.isnan(loss.numpy()) and np.all(np.isnan(tape.gradient(loss, x).numpy()))
-    # Batches of unknown size are solved in chunks: the worst chunk's status is reported.
-    infer = tf.function(lambda x: deq(x), input_signature=[tf.TensorSpec([None, 2], tf.float32)])
-    assert np.all(np.isnan(infer(tf.ones((19, 2))).numpy()))
-    assert int(deq.last_status.numpy()) == sensode.Status.MAX_ITERS
