@@ -254,10 +254,12 @@ def test_robertson_sensitivities_rodas5(sensealg):
     np.testing.assert_allclose(_sens_grad(sd.Rodas5(), sensealg()), SENS_REF, rtol=1e-5)
 
 
-@pytest.mark.parametrize("sensealg", [sd.InterpolatingAdjoint, sd.QuadratureAdjoint])
+@pytest.mark.parametrize("sensealg", [sd.InterpolatingAdjoint(), sd.QuadratureAdjoint(), None],
+                         ids=["InterpolatingAdjoint", "QuadratureAdjoint", "default"])
 def test_robertson_sensitivities_rodas5_from_eager_code(sensealg):
     # The backward program of an eager call is compiled too: its LU must be the XLA one.
-    np.testing.assert_allclose(_sens_grad(sd.Rodas5(), sensealg(), eager=True), SENS_REF, rtol=1e-5)
+    # sensealg=None: the default with a stiff method (DiscreteAdjoint, chosen on demand).
+    np.testing.assert_allclose(_sens_grad(sd.Rodas5(), sensealg, eager=True), SENS_REF, rtol=1e-5)
 
 
 def test_robertson_sensitivities_kvaerno5_discrete():

@@ -31,14 +31,21 @@ def default_sensealg(prob, alg=None) -> tuple[SensitivityAlgorithm, str]:
     `InterpolatingAdjoint`, XLA, interleaved runs), as backprop is diffrax's
     default.
 
+    With a stiff method (``alg.stiff``: Rodas5, Rosenbrock23, Kvaerno5,
+    AutoTsit5Rodas5) always `DiscreteAdjoint`: forward sensitivities there
+    integrate the augmented system ``(u, S)`` with the stiff method, whose
+    Jacobian (``n (1 + m)`` columns of second derivatives) made the first call
+    slow beyond use (Robertson with Rodas5 under XLA: 503 s to compile, then
+    73 ms a gradient against the discrete adjoint's 38 ms, whose compiles took
+    25-120 s on the stiff benchmark's problems; through AutoTsit5Rodas5 on
+    Lotka--Volterra, a 220 s first call against 9 s).
+
     Neither choice is `BacksolveAdjoint`, which is unstable on stiff and
-    dissipative problems. With a stiff method (``alg.stiff``) the reason says
-    so: both choices then run through the stiff method (the discrete adjoint
-    re-runs its steps; forward sensitivities integrate with it).
+    dissipative problems.
 
     Args:
       prob: an `ODEProblem`.
-      alg: the ODE method (optional; only read for the reason).
+      alg: the ODE method (optional; a stiff one selects `DiscreteAdjoint`).
 
     Returns:
       ``(sensealg, reason)``.
@@ -46,16 +53,20 @@ def default_sensealg(prob, alg=None) -> tuple[SensitivityAlgorithm, str]:
     variables = find_variables(prob.f, tf.cast(prob.tspan[0], prob.u0.dtype), prob.u0, prob.p)
     n_u = int(prob.u0.shape.num_elements())
     n_p = sum(Params(prob.p).sizes) + sum(int(v.shape.num_elements()) for v in variables)
-    stiff = (f"; {alg!r} is a stiff method, and this choice stays stable with it (BacksolveAdjoint would not)"
-             if getattr(alg, "stiff", False) else "")
+    if getattr(alg, "stiff", False):
+        return DiscreteAdjoint(), (
+            f"{alg!r} is a stiff method: the discrete adjoint re-runs its steps and stays stable (BacksolveAdjoint "
+            "would not); forward sensitivities would integrate the augmented system with it, whose Jacobian of "
+            f"second derivatives ({n_u} x (1 + {n_u} + {n_p}) columns) takes minutes to compile"
+        )
     if n_u + n_p <= FORWARD_MODE_LIMIT:
         return ForwardSensitivity(), (
-            f"len(u0) + len(p) = {n_u} + {n_p} <= {FORWARD_MODE_LIMIT}: forward sensitivities are cheapest" + stiff
+            f"len(u0) + len(p) = {n_u} + {n_p} <= {FORWARD_MODE_LIMIT}: forward sensitivities are cheapest"
         )
     return DiscreteAdjoint(), (
         f"len(u0) + len(p) = {n_u} + {n_p} > {FORWARD_MODE_LIMIT}: reverse mode costs one backward sweep whatever "
         "the number of parameters; the discrete adjoint is exact for the computed solution and its cost follows "
-        "the steps taken" + stiff
+        "the steps taken"
     )
 
 
