@@ -11,9 +11,12 @@ machine. A process per file bounds the peak by the largest file instead.
 ``testpaths``) starts one ``python -m pytest`` per file, a few at a time, with
 the same options, and prints one line per file, the output of any file that
 did not pass, the slowest tests of the whole run (``--durations``) and the
-summary. The children's results come back as JUnit XML. Anything else (one
-file, node ids, ``--collect-only``, ``--pdb``, ``--file-processes=0``) runs in
-this process as plain pytest does.
+summary. The children's results come back as JUnit XML. A file that crashes
+(e.g. a segfault in a compiled program) or hangs (killed after
+``FILE_TIMEOUT_S``) is reported with its output and fails the run; ``-x``
+starts no further file after a failure. Anything else (one file, node ids,
+``--collect-only``, ``--pdb``, ``--file-processes=0``) runs in this process as
+plain pytest does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 CHILD_ENV = "SENSODE_TEST_FILE_PROCESS"
+FILE_TIMEOUT_S = 3600  # a file still running after this is killed and reported (a hang)
 GB_PER_PROCESS = 5.0  # the largest file (test_sensitivities.py) peaks near 4.8 GB
 
 
@@ -103,6 +107,7 @@ class _Result:
         self.seconds = 0.0
         self.peak_gb = 0.0
         self.output = ""
+        self.timed_out = False
 
     def read_junit(self, xml_path):
         try:
@@ -128,7 +133,7 @@ class _Result:
         return self.returncode in (0, 5)  # 5: every test deselected
 
 
-def _run_one(result, args, rootdir, stop_event, procs):
+def _run_one(result, args, rootdir, stop_event, procs, timeout_s=FILE_TIMEOUT_S):
     with tempfile.TemporaryDirectory(prefix="sensode-tests-") as tmp:
         xml_path = os.path.join(tmp, "junit.xml")
         log_path = os.path.join(tmp, "output.txt")
@@ -142,7 +147,10 @@ def _run_one(result, args, rootdir, stop_event, procs):
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=rootdir,
                                     env=env, start_new_session=True)
             procs.add(proc)
+            timer = threading.Timer(timeout_s, _kill_group, (proc, result))
+            timer.start()
             _, status, usage = os.wait4(proc.pid, 0)
+            timer.cancel()
             proc.returncode = os.waitstatus_to_exitcode(status)
             procs.discard(proc)
             result.returncode = proc.returncode
@@ -155,10 +163,23 @@ def _run_one(result, args, rootdir, stop_event, procs):
     return result
 
 
+def _kill_group(proc, result=None):
+    if result is not None:
+        result.timed_out = True
+    try:
+        os.killpg(proc.pid, signal.SIGKILL if result is not None else signal.SIGTERM)
+    except OSError:
+        pass
+
+
 def _summary(result):
+    if result.returncode is None:
+        return "not run (stopped early)"
     parts = [f"{n} {k}" for k, n in result.counts.items() if n]
     text = ", ".join(parts) or "no tests"
-    if result.returncode is not None and result.returncode < 0:
+    if result.timed_out:
+        text += f", killed after {FILE_TIMEOUT_S} s"
+    elif result.returncode is not None and result.returncode < 0:
         text += f", killed by signal {-result.returncode}"
     elif not result.ok and not (result.counts["failed"] or result.counts["errors"]):
         text += f", exit status {result.returncode}"
@@ -202,19 +223,20 @@ def main(config):
         try:
             for fut in concurrent.futures.as_completed(futures):
                 r = fut.result()
+                if r.returncode is None:
+                    continue  # not started: -x or an interrupt stopped the run
                 mark = "ok    " if r.ok else "FAILED"
                 write(f"{mark} {r.rel}: {_summary(r)}\n")
                 if not r.ok:
                     write(r.output.rstrip() + "\n")
+                    if config.getoption("maxfail"):  # -x or --maxfail: start no further file
+                        stop_event.set()
                 sys.stdout.flush()
         except KeyboardInterrupt:
             interrupted = True
             stop_event.set()
             for proc in list(procs):
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except OSError:
-                    pass
+                _kill_group(proc)
     wall = time.perf_counter() - start
     if cache is not None:
         cache.set("sensode/file_seconds", {r.rel: round(r.seconds, 1) for r in results if r.seconds})
