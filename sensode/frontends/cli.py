@@ -63,7 +63,8 @@ def define_flags():
     flags.DEFINE_enum("problem", "lotka_volterra", sorted(models.PROBLEMS), "Named problem from sensode.models.")
     flags.DEFINE_float("rtol", 1e-6, "Relative tolerance of the compared solves (positive).")
     flags.DEFINE_float("atol", 1e-8, "Absolute tolerance of the compared solves (positive).")
-    flags.DEFINE_string("alg", "Tsit5", "Adaptive ODE method: Tsit5, DP5, BS3, DP8, or for stiff problems Rodas5, Rosenbrock23, Kvaerno5, AutoTsit5Rodas5.")
+    flags.DEFINE_string("alg", None, "Adaptive ODE method: Tsit5, DP5, BS3, DP8, or for stiff problems Rodas5, Rosenbrock23, "
+                        "Kvaerno5, AutoTsit5Rodas5. Default Tsit5, and Rodas5 for the stiff models (" + ", ".join(sorted(models.STIFF)) + ").")
     flags.DEFINE_list("sensealgs", None, "Comma list, e.g. ForwardSensitivity,DiscreteAdjoint(checkpoints=4),"
                       "InterpolatingAdjoint; default: every applicable one.")
     flags.DEFINE_integer("saves", 11, "Equally spaced save times over tspan (t0 and t1 included).", lower_bound=2)
@@ -80,7 +81,7 @@ def define_flags():
     for name in ("rtol", "atol"):
         flags.register_validator(name, _positive_finite, message="must be a positive finite number")
     flags.register_validator("t1", lambda v: v is None or math.isfinite(v), message="must be a finite number")
-    flags.register_validator("alg", lambda v: v.lower() in _METHODS, message="must be one of " + ", ".join(c.__name__ for c in _METHODS.values()))
+    flags.register_validator("alg", lambda v: v is None or v.lower() in _METHODS, message="must be one of " + ", ".join(c.__name__ for c in _METHODS.values()))
     flags.register_validator("sensealgs", _check_sensealgs)
 
 
@@ -133,7 +134,8 @@ def main(argv):
     cache = compilation_cache.active_directory()  # enabled by `run`, before absl started
     if cache:
         print(f"XLA compilation cache: {cache}", file=sys.stderr)
-    alg = _METHODS[FLAGS.alg.lower()]()
+    alg_name = FLAGS.alg or ("Rodas5" if FLAGS.problem in models.STIFF else "Tsit5")
+    alg = _METHODS[alg_name.lower()]()
     kwargs = {} if FLAGS.t1 is None else {"tspan": (0.0, FLAGS.t1)}
     prob = models.PROBLEMS[FLAGS.problem](**kwargs)
     t0, t1 = (float(x) for x in prob.tspan)

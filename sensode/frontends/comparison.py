@@ -91,13 +91,20 @@ def _sizes(prob, wrt):
     return n_u, (n_u if "u0" in wrt else 0) + (n_p if "p" in wrt else 0)
 
 
-def default_sensealgs(prob, wrt=("p",)) -> list:
+def default_sensealgs(prob, wrt=("p",), alg=None) -> list:
     """Every algorithm applicable to ``prob``: ForwardSensitivity when its tangents fit
-    (``(len(u0) + len(θ)) * len(u0) <= FORWARD_MAX_ENTRIES``), then the discrete adjoint with
-    and without checkpoints, backsolve, interpolating (with and without checkpoints) and
-    quadrature adjoints."""
+    (``(len(u0) + len(θ)) * len(u0) <= FORWARD_MAX_ENTRIES``) and ``alg`` is not a stiff
+    method, then the discrete adjoint with and without checkpoints, backsolve, interpolating
+    (with and without checkpoints) and quadrature adjoints.
+
+    With a stiff method ForwardSensitivity is left out (name it in ``sensealgs`` to
+    include it): it compiles the augmented system's Jacobian of second derivatives, 124 s
+    of the 223 s that ``--problem=robertson --alg=Rodas5`` took with it, against 8-27 s
+    for each other row (as `sensode.default_sensealg` explains).
+    """
     n_u, n_theta = _sizes(prob, wrt)
-    algs = [ForwardSensitivity()] if (n_u + n_theta) * n_u <= FORWARD_MAX_ENTRIES else []
+    fits = (n_u + n_theta) * n_u <= FORWARD_MAX_ENTRIES
+    algs = [ForwardSensitivity()] if fits and not getattr(alg, "stiff", False) else []
     return algs + [
         DiscreteAdjoint(), DiscreteAdjoint(checkpoints=DEFAULT_CHECKPOINTS), BacksolveAdjoint(),
         InterpolatingAdjoint(), InterpolatingAdjoint(checkpoints=DEFAULT_CHECKPOINTS), QuadratureAdjoint(),
@@ -251,7 +258,7 @@ def compare_sensitivities(
       prob: `ODEProblem` (float32 or float64).
       loss: ``loss(u) -> scalar``; ``u`` is ``[T, *u0.shape]`` (the states at ``saveat``, or at
         ``(t0, t1)`` when ``saveat`` is None) in the problem's dtype. TensorFlow ops only.
-      sensealgs: list of algorithms; None: `default_sensealgs(prob)`.
+      sensealgs: list of algorithms; None: `default_sensealgs(prob, alg=alg)`.
       alg: ODE method (default `Tsit5()`), used for every row and the reference.
       rtol, atol: tolerances of the compared solves.
       saveat: ``[T]`` save times or None.
@@ -288,7 +295,7 @@ def compare_sensitivities(
     n = int(theta0.shape[0])
     if n == 0:
         raise ValueError(f"nothing to differentiate: wrt={wrt!r} selects no floating inputs")
-    sensealgs = default_sensealgs(prob, wrt) if sensealgs is None else list(sensealgs)
+    sensealgs = default_sensealgs(prob, wrt, alg) if sensealgs is None else list(sensealgs)
     if tolerance is None:
         tolerance = max(100 * max(rtol, atol), 1e3 * float(np.finfo(dtype.as_numpy_dtype).eps))
 
