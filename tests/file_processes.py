@@ -193,6 +193,8 @@ def main(config):
     nproc = config.getoption("file_processes")
     if nproc == 0 or config.getoption("collectonly") or config.getoption("usepdb"):
         return None
+    if not hasattr(os, "wait4"):  # Windows: no per-child peak memory; run in this process
+        return None
     files = _test_files(config)
     if not files or len(files) < 2:
         return None
