@@ -263,7 +263,8 @@ def compare_sensitivities(
       rtol, atol: tolerances of the compared solves.
       saveat: ``[T]`` save times or None.
       reference: None (``ForwardSensitivity()`` in float64 at rtol 1e-10 / atol 1e-12 when it is
-        applicable, else ``DiscreteAdjoint()`` there), a sensitivity algorithm to run at those
+        applicable and ``alg`` is not stiff, else ``DiscreteAdjoint()`` there: the exact gradient
+        of a solve that tight), a sensitivity algorithm to run at those
         tolerances, or an ``[n]`` array: a known gradient (e.g. a closed form).
       reps: timed calls per algorithm after the first (the median is reported).
       jit_compile: compile with XLA (``tf.function(jit_compile=True)``); False: plain `tf.function`.
@@ -307,7 +308,8 @@ def compare_sensitivities(
     loss64 = lambda u: loss(tf.cast(u, dtype))  # noqa: E731  (the loss sees the problem's dtype)
     n_u, _ = _sizes(prob, wrt)
     if reference is None or isinstance(reference, SensitivityAlgorithm):
-        ref_alg = reference or (ForwardSensitivity() if (n_u + n) * n_u <= FORWARD_MAX_ENTRIES else DiscreteAdjoint())
+        forward_ok = (n_u + n) * n_u <= FORWARD_MAX_ENTRIES and not getattr(alg, "stiff", False)
+        ref_alg = reference or (ForwardSensitivity() if forward_ok else DiscreteAdjoint())
         say(f"reference: {sensealg_name(ref_alg)}, float64, rtol={REFERENCE_RTOL:g}, atol={REFERENCE_ATOL:g}")
         fn = _loss_and_grad_fn(prob64, loss64, build, tf.float64, ref_alg, alg, ref_kw, False)
         _, g_ref, _, _, st = fn(theta0)
@@ -358,7 +360,8 @@ def compare_sensitivities(
         rows.append(row)
 
     if finite_differences:
-        rows.append(_fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say))
+        rows.append(_fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say,
+                            jit_compile))
     memory_note = (f"peak memory: tf.config.experimental.get_memory_info('{device}')['peak'] during one call"
                    if memory_ok else f"peak memory: not measured (the allocator of {device} keeps no statistics; "
                    f"{MEMORY_HINT})")
@@ -368,7 +371,7 @@ def compare_sensitivities(
                       tolerance=float(tolerance), problem=desc, memory_note=memory_note)
 
 
-def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say):
+def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say, jit_compile):
     n = int(theta0.shape[0])
     row = Row(sensealg="finite differences", nfe_backward=0, nfe_note="0: 2 x len(θ) forward solves, no backward pass")
     if n > fd_max_params:
@@ -376,7 +379,9 @@ def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, toleran
         return row
     say(f"finite differences: {2 * n} float64 solves at the reference tolerances ...")
 
-    @tf.function(autograph=False)
+    # Compiled like the rows: 2 len(θ) solves at tight tolerances are slow op by op
+    # with a stiff method (HIRES: 14.7 s in plain tf.function).
+    @tf.function(autograph=False, jit_compile=jit_compile)
     def value(theta):
         u0, p = build(theta, tf.float64)
         sol = solve(prob64.remake(u0=u0, p=p), alg, sensealg=DiscreteAdjoint(), throw=False, **ref_kw)
