@@ -71,7 +71,8 @@ def define_flags():
     flags.DEFINE_float("t1", None, "Override the problem's final time.")
     flags.DEFINE_integer("reps", 5, "Timed calls per algorithm after the first.", lower_bound=1)
     flags.DEFINE_integer("max_steps", 2000, "Step bound of every solve.", lower_bound=1)
-    flags.DEFINE_bool("jit", True, "Compile with XLA (tf.function(jit_compile=True)); false: plain tf.function.")
+    flags.DEFINE_bool("jit", None, "Compile with XLA (tf.function(jit_compile=True)); false: plain tf.function. Default: "
+                      "XLA, except with a stiff method, whose gradients take 10 s to minutes each to compile.")
     flags.DEFINE_bool("fd", True, "Add the finite-difference check row.")
     flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
     flags.DEFINE_string("plot_out", None, "Write the error-versus-time figure here (needs matplotlib).")
@@ -136,6 +137,9 @@ def main(argv):
         print(f"XLA compilation cache: {cache}", file=sys.stderr)
     alg_name = FLAGS.alg or ("Rodas5" if FLAGS.problem in models.STIFF else "Tsit5")
     alg = _METHODS[alg_name.lower()]()
+    # XLA compiles of stiff gradients: HIRES 16-62 s a row (280 s in all against 141 s
+    # in plain tf.function), POLLU over 10 minutes for the first row (256 s in all).
+    jit = FLAGS.jit if FLAGS.jit is not None else not alg.stiff
     kwargs = {} if FLAGS.t1 is None else {"tspan": (0.0, FLAGS.t1)}
     prob = models.PROBLEMS[FLAGS.problem](**kwargs)
     t0, t1 = (float(x) for x in prob.tspan)
@@ -145,7 +149,7 @@ def main(argv):
     try:
         result = compare_sensitivities(
             prob, lambda u: tf.reduce_mean(tf.square(u)), sensealgs=sensealgs, alg=alg, rtol=FLAGS.rtol,
-            atol=FLAGS.atol, saveat=saveat, reps=FLAGS.reps, jit_compile=FLAGS.jit, max_steps=FLAGS.max_steps,
+            atol=FLAGS.atol, saveat=saveat, reps=FLAGS.reps, jit_compile=jit, max_steps=FLAGS.max_steps,
             finite_differences=FLAGS.fd, progress=lambda s: print(s, file=sys.stderr, flush=True),
         )
     except (RuntimeError, ValueError, TypeError) as e:  # the reference solve, or the problem itself
