@@ -28,7 +28,7 @@ SEED = flags.DEFINE_integer("seed", 0, "Noise seed.")
 SENSEALG = flags.DEFINE_string("sensealg", "ForwardSensitivity", "Sensitivity algorithm, e.g. InterpolatingAdjoint.")
 ADAM_STEPS = flags.DEFINE_integer("adam_steps", 50, "Adam steps before L-BFGS.")
 PNG = flags.DEFINE_string("png", "fit_lotka_volterra.png", "Figure path (written only if matplotlib is installed).")
-XLA_CACHE = flags.DEFINE_string("xla_cache", None, compilation_cache.FLAG_HELP)
+flags.DEFINE_string("xla_cache", None, compilation_cache.FLAG_HELP)  # read by from_argv below
 
 TRUE_P = np.array([1.5, 1.0, 3.0, 1.0])
 

@@ -17,6 +17,7 @@ runs none). The command lines take ``--xla_cache=DIR`` (or
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 from . import tfcompat
@@ -28,6 +29,11 @@ __all__ = [
 
 CACHE_ENV = "SENSODE_XLA_CACHE"
 _FLAG = "--tf_xla_persistent_cache_directory"
+_OFF = ("", "0", "off", "none", "false")
+
+
+def _is_off(value: str) -> bool:
+    return value.strip().lower() in _OFF
 
 
 def default_cache_directory() -> str | None:
@@ -38,7 +44,7 @@ def default_cache_directory() -> str | None:
     """
     value = os.environ.get(CACHE_ENV)
     if value is not None:
-        return None if value.strip().lower() in ("", "0", "off", "none", "false") else value
+        return None if _is_off(value) else value
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "sensode", "xla")
 
@@ -114,7 +120,7 @@ def from_flag(value: str | None) -> str | None:
         value = os.environ.get(CACHE_ENV)
         if value is None:
             return None
-    if value.strip().lower() in ("", "0", "off", "none", "false"):
+    if _is_off(value):
         return None
     return enable_compilation_cache(value, quiet=True)
 
@@ -125,7 +131,7 @@ def from_argv(argv) -> str | None:
     The command lines call it before ``absl.app.run``: TensorFlow imported
     after absl's start-up fixes its XLA flags before the first operation
     (measured with TensorFlow 2.21), so enabling the cache inside ``main`` is
-    too late there.
+    too late there. Says on stderr which directory is in use.
     """
     value = None
     for arg in list(argv)[1:]:
@@ -133,7 +139,10 @@ def from_argv(argv) -> str | None:
             value = arg.split("=", 1)[1]
         elif arg in ("--noxla_cache", "-noxla_cache"):
             value = "off"
-    return from_flag(value)
+    directory = from_flag(value)
+    if directory:
+        print(f"XLA compilation cache: {directory}", file=sys.stderr)
+    return directory
 
 
 def active_directory() -> str | None:

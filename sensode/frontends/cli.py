@@ -132,9 +132,6 @@ def main(argv):
 
     del argv
     FLAGS = flags.FLAGS
-    cache = compilation_cache.active_directory()  # enabled by `run`, before absl started
-    if cache:
-        print(f"XLA compilation cache: {cache}", file=sys.stderr)
     alg_name = FLAGS.alg or ("Rodas5" if FLAGS.problem in models.STIFF else "Tsit5")
     alg = _METHODS[alg_name.lower()]()
     # XLA compiles of stiff gradients: HIRES 16-62 s a row (280 s in all against 141 s

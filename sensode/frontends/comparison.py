@@ -91,6 +91,11 @@ def _sizes(prob, wrt):
     return n_u, (n_u if "u0" in wrt else 0) + (n_p if "p" in wrt else 0)
 
 
+def _forward_applicable(n_u, n_theta, alg) -> bool:
+    """Forward sensitivities by default: their tangents fit and ``alg`` is not stiff."""
+    return (n_u + n_theta) * n_u <= FORWARD_MAX_ENTRIES and not getattr(alg, "stiff", False)
+
+
 def default_sensealgs(prob, wrt=("p",), alg=None) -> list:
     """Every algorithm applicable to ``prob``: ForwardSensitivity when its tangents fit
     (``(len(u0) + len(θ)) * len(u0) <= FORWARD_MAX_ENTRIES``) and ``alg`` is not a stiff
@@ -103,8 +108,7 @@ def default_sensealgs(prob, wrt=("p",), alg=None) -> list:
     for each other row (as `sensode.default_sensealg` explains).
     """
     n_u, n_theta = _sizes(prob, wrt)
-    fits = (n_u + n_theta) * n_u <= FORWARD_MAX_ENTRIES
-    algs = [ForwardSensitivity()] if fits and not getattr(alg, "stiff", False) else []
+    algs = [ForwardSensitivity()] if _forward_applicable(n_u, n_theta, alg) else []
     return algs + [
         DiscreteAdjoint(), DiscreteAdjoint(checkpoints=DEFAULT_CHECKPOINTS), BacksolveAdjoint(),
         InterpolatingAdjoint(), InterpolatingAdjoint(checkpoints=DEFAULT_CHECKPOINTS), QuadratureAdjoint(),
@@ -315,8 +319,7 @@ def compare_sensitivities(
     loss64 = lambda u: loss(tf.cast(u, dtype))  # noqa: E731  (the loss sees the problem's dtype)
     n_u, _ = _sizes(prob, wrt)
     if reference is None or isinstance(reference, SensitivityAlgorithm):
-        forward_ok = (n_u + n) * n_u <= FORWARD_MAX_ENTRIES and not getattr(alg, "stiff", False)
-        ref_alg = reference or (ForwardSensitivity() if forward_ok else DiscreteAdjoint())
+        ref_alg = reference or (ForwardSensitivity() if _forward_applicable(n_u, n, alg) else DiscreteAdjoint())
         say(f"reference: {sensealg_name(ref_alg)}, float64, rtol={REFERENCE_RTOL:g}, atol={REFERENCE_ATOL:g}")
         fn = _loss_and_grad_fn(prob64, loss64, build, tf.float64, ref_alg, alg, ref_kw, False)
         _, g_ref, _, _, st = fn(theta0)

@@ -82,9 +82,6 @@ def main(argv):
     from . import analysis, plotting
 
     F = flags.FLAGS
-    cache = compilation_cache.active_directory()  # enabled by `run`, before absl started
-    if cache:
-        print(f"XLA compilation cache: {cache}", file=sys.stderr)
     prob, space = analysis.model_space(F.problem, F.rel)
     t0, t1 = (float(x) for x in prob.tspan)
     saveat = tf.constant(np.linspace(t0, t1, F.saves), prob.u0.dtype)
