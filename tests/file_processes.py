@@ -89,10 +89,10 @@ def _test_files(config):
 
 def _child_args(config):
     """The invocation's options without its positional arguments."""
-    from _pytest.config import Config
+    import pytest
 
     args = list(config.invocation_params.args)
-    if config.args_source == Config.ArgsSource.ARGS:
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
         positional = set(config.args)
         args = [a for a in args if a not in positional]
     return args
@@ -179,7 +179,7 @@ def _summary(result):
     text = ", ".join(parts) or "no tests"
     if result.timed_out:
         text += f", killed after {FILE_TIMEOUT_S} s"
-    elif result.returncode is not None and result.returncode < 0:
+    elif result.returncode < 0:
         text += f", killed by signal {-result.returncode}"
     elif not result.ok and not (result.counts["failed"] or result.counts["errors"]):
         text += f", exit status {result.returncode}"
@@ -196,7 +196,7 @@ def main(config):
     if not hasattr(os, "wait4"):  # Windows: no per-child peak memory; run in this process
         return None
     files = _test_files(config)
-    if not files or len(files) < 2:
+    if files is None or len(files) < 2:
         return None
     nproc = nproc or default_processes()
     rootdir = str(config.rootpath)

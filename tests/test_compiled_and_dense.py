@@ -5,6 +5,8 @@ exponential decay for the cache; NumPy's ``searchsorted`` for the lookups.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -245,9 +247,6 @@ app.run(main)
 
 
 def test_compilation_cache_is_written_then_reused_by_a_second_process(tmp_path):
-    import subprocess
-    import sys
-
     cache = tmp_path / "xla"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_XLA_FLAGS", "SENSODE_XLA_CACHE")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -286,9 +285,6 @@ def test_compilation_cache_too_late_or_bad_input(tmp_path, monkeypatch):
 def test_importing_sensode_leaves_tensorflow_configurable():
     # Device and thread settings (and TF_XLA_FLAGS) are fixed once TensorFlow's
     # runtime starts; importing sensode and its front-ends must not start it.
-    import subprocess
-    import sys
-
     script = (
         "import tensorflow as tf\n"
         "import sensode, sensode.keras, sensode.compare, sensode.gsa, sensode.gsa.__main__\n"

@@ -36,6 +36,18 @@ class NoFixedPoint(keras.layers.Layer):
         return z + 1.0 + tf.reduce_sum(x**2, axis=-1, keepdims=True)
 
 
+def _raises_in_eager_else_nan(mode, fn, x, match, status, shape):
+    """Eagerly ``fn(x)`` raises `SolverError` with ``status`` (which survives Keras
+    re-raising it with added context); in graphs its output is NaN of ``shape``."""
+    if mode == "eager":
+        with pytest.raises(sensode.SolverError, match=match) as info:
+            fn(x)
+        assert info.value.status == status
+    else:
+        out = _run(mode, fn, x).numpy()
+        assert out.shape == shape and np.all(np.isnan(out))
+
+
 def _starved_ode(**kw):
     # Tight tolerances and 2 steps: the solve cannot reach t1 (Status.MAX_STEPS).
     return NeuralODE(mlp(2), rtol=1e-9, atol=1e-12, max_steps=2, **kw)
@@ -46,14 +58,8 @@ def _starved_ode(**kw):
 def test_neural_ode_failed_solve_raises_in_eager_and_is_nan_in_graphs(mode, return_sequences):
     layer = _starved_ode(return_sequences=return_sequences, t=(0.0, 0.5, 1.0))
     x = np.ones((3, 2), "float32")
-    if mode == "eager":
-        with pytest.raises(sensode.SolverError, match=r"status 1 \(MAX_STEPS\).*max_steps") as info:
-            layer(x)
-        # Keras re-raises with added context; the code survives.
-        assert info.value.status == sensode.Status.MAX_STEPS
-    else:
-        out = _run(mode, lambda x: layer(x, training=False), x).numpy()
-        assert out.shape == ((3, 3, 2) if return_sequences else (3, 2)) and np.all(np.isnan(out))
+    _raises_in_eager_else_nan(mode, lambda x: layer(x, training=False), x, r"status 1 \(MAX_STEPS\).*max_steps",
+                              sensode.Status.MAX_STEPS, (3, 3, 2) if return_sequences else (3, 2))
     assert int(layer.last_status.numpy()) == sensode.Status.MAX_STEPS
     # A solve that succeeds resets the status.
     layer.max_steps = 1000
@@ -109,13 +115,8 @@ def test_fit_with_a_failing_solve_has_a_nan_loss_not_zeros():
 def test_deq_without_fixed_point_raises_in_eager_and_is_nan_in_graphs(mode):
     deq = DEQ(NoFixedPoint(), state_size=2, max_iters=20)
     x = np.ones((3, 2), "float32")
-    if mode == "eager":
-        with pytest.raises(sensode.SolverError, match=r"status 4 \(MAX_ITERS\).*max_iters=20") as info:
-            deq(x)
-        assert info.value.status == sensode.Status.MAX_ITERS
-    else:
-        z = _run(mode, lambda x: deq(x), x).numpy()
-        assert z.shape == (3, 2) and np.all(np.isnan(z))
+    _raises_in_eager_else_nan(mode, lambda x: deq(x), x, r"status 4 \(MAX_ITERS\).*max_iters=20",
+                              sensode.Status.MAX_ITERS, (3, 2))
     assert int(deq.last_status.numpy()) == sensode.Status.MAX_ITERS
 
 
