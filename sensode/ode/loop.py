@@ -26,7 +26,7 @@ from ..solution import Status
 from ..validation import to_dtype
 from . import dense as _dense
 from .control import PIController, SolveOptions, initial_step
-from .linear import WithJacobian
+from .linear import SensitivitySystem, WithJacobian
 from .methods import SMALL_WORK, ODEMethod
 
 __all__ = ["IntegrateResult", "integrate", "Stepper", "Checkpoint", "nan_gradient_if"]
@@ -206,6 +206,8 @@ class Stepper:
 
         if isinstance(fn, WithJacobian):  # a supplied Jacobian follows the flat view
             flat_fn = WithJacobian(flat_fn, lambda t, y: fn.jac(t, tf.nest.pack_sequence_as(structure, y)))
+        elif isinstance(fn, SensitivitySystem):  # (u, S): flattened to [u, S], the structure kept
+            flat_fn = SensitivitySystem(flat_fn, fn.state_fn, fn.state_jac)
 
         self.ctx = _context(flat_fn, structure, method, self.options, flat0, t0, t1, saveat, tstops, jump,
                             include_in_norm, record, stop_controller_gradients)

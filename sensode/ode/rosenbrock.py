@@ -26,7 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from .linear import Factorised, Layout, WithJacobian, jacobian, time_derivative
+from .linear import (Factorised, Layout, SensitivityFactorised, SensitivitySystem, WithJacobian, jacobian,
+                     time_derivative)
 from .methods import MethodStep, ODEMethod
 
 __all__ = ["Rosenbrock23", "Rodas5", "StiffCounters"]
@@ -114,14 +115,23 @@ class _Stiff(ODEMethod):
         return lambda t, v: layout.vec(fn(t, layout.unvec(v)))
 
     @staticmethod
-    def _jacobian(fn, g, layout: Layout, t, yv, with_t: bool = True):
-        """``(J, df/dt)`` at ``(t, yv)``: ``J`` from ``fn.jac`` when ``fn`` supplies it, else by AD."""
+    def _factorise(fn, g, layout: Layout, t, yv, inv_gh, with_t: bool = True):
+        """``(w, df/dt)`` at ``(t, yv)``: ``w.solve`` applies ``(I / (gamma h) - J)^{-1}``.
+
+        ``J`` from ``fn.jac`` when ``fn`` supplies it, else by AD; for a
+        forward-sensitivity system (`SensitivitySystem`) the solves go through
+        the state's own ``n x n`` factorisation (`SensitivityFactorised`).
+        """
+        if isinstance(fn, SensitivitySystem):
+            return (SensitivityFactorised(fn, g, layout, t, yv, inv_gh),
+                    time_derivative(g, t, yv) if with_t else None)
         if not isinstance(fn, WithJacobian):
-            return jacobian(g, t, yv, with_t=with_t)
+            jac, dt = jacobian(g, t, yv, with_t=with_t)
+            return Factorised(jac, inv_gh), dt
         jac = fn.jac(t, layout.unvec(yv))
         if jac.shape != (layout.size, layout.size):
             raise ValueError(f"`jac` must give a [{layout.size}, {layout.size}] matrix here, got {jac.shape}")
-        return jac, (time_derivative(g, t, yv) if with_t else None)
+        return Factorised(jac, inv_gh), (time_derivative(g, t, yv) if with_t else None)
 
     # Methods are static keys (compiled-function caches, Keras configs): equal
     # when of one type with the same options.
@@ -158,9 +168,8 @@ class Rosenbrock23(_Stiff):
         layout = Layout(y)
         g = self._vector_fn(fn, layout)
         yv, f0 = layout.vec(y), layout.vec(f)
-        jac, dt = self._jacobian(fn, g, layout, t, yv)
         d = self.d
-        w = Factorised(jac, 1.0 / (d * h))
+        w, dt = self._factorise(fn, g, layout, t, yv, 1.0 / (d * h))
         # With M = I/(d h) - J, W^{-1} x = M^{-1} x / (d h) for W = I - d h J.
         inv = 1.0 / (d * h)
         k1 = w.solve(inv * (f0 + (d * h) * dt))
@@ -262,8 +271,7 @@ class Rodas5(_Stiff):
         layout = Layout(y)
         g = self._vector_fn(fn, layout)
         yv, f0 = layout.vec(y), layout.vec(f)
-        jac, dt = self._jacobian(fn, g, layout, t, yv)
-        w = Factorised(jac, 1.0 / (self.gamma * h))
+        w, dt = self._factorise(fn, g, layout, t, yv, 1.0 / (self.gamma * h))
         inv_h = 1.0 / h
         ks = []
         u = yv

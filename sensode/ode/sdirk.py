@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from .linear import Factorised, Layout
+from .linear import Layout
 from .methods import MethodStep
 from .rosenbrock import StiffCounters, _lincomb, _Stiff, interpolate_rows
 
@@ -168,9 +168,8 @@ class Kvaerno5(_Stiff):
         g = self._vector_fn(fn, layout)
         yv, f0 = layout.vec(y), layout.vec(f)
         rtol, atol = carry.rtol, carry.atol
-        jac, _ = self._jacobian(fn, g, layout, t, yv, with_t=False)
         gh = _GAMMA * h
-        w = Factorised(jac, 1.0 / gh)
+        w, _ = self._factorise(fn, g, layout, t, yv, 1.0 / gh, with_t=False)
         ks = [f0]
         ok_all = tf.constant(True)
         iters = tf.constant(0, tf.int32)

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from ..derivatives import batched_jvp, graph_if_eager
-from ..ode.linear import WithJacobian, jacobian
+from ..ode.linear import SensitivitySystem
 from ..params import Params
 from .base import ForwardPass, Gradients, SensitivityAlgorithm
 
@@ -104,34 +104,14 @@ def forward_solve(spec, u0, ts, t0, t1, p, variables):
         return batched_jvp(spec.f, t, u, p, variables, s, p_tan, v_tan)
 
     fn = graph_if_eager(rhs)
-    if spec.jac is not None and spec.method.stiff:
-        fn = WithJacobian(fn, graph_if_eager(lambda t, y: _augmented_jac(spec, rhs, t, y, p)))
+    if spec.method.stiff:
+        # The stiff methods solve with the state's own factorised matrix
+        # (block lower-triangular augmented Jacobian), not an augmented LU.
+        state_jac = None if spec.jac is None else (lambda t, u: spec.jac(t, u, p))
+        fn = SensitivitySystem(fn, lambda t, u: spec.f(t, u, p), state_jac)
     max_steps = STEP_BUDGET_FACTOR * spec.options.max_steps
     res = spec.integrate(fn, (u0, s0), t0, t1, saveat=ts, max_steps=max_steps)
     return res, dirs
-
-
-def _augmented_jac(spec, rhs, t, y, p):
-    """Jacobian of ``(f, J S + df/dθ)`` in ``(u, S)`` from the problem's ``jac``.
-
-    ``[[J, 0], [B, I_M (x) J]]``: ``J`` (the state's and each direction's
-    block, ``S`` flattened direction by direction) from ``jac``; only the
-    coupling ``B = d(J S + df/dθ)/du`` (second derivatives of ``f``) comes
-    from automatic differentiation, ``N`` columns instead of the ``N (M + 1)``
-    of the whole augmented system.
-    """
-    u, s = y
-    jac = spec.jac(t, u, p)  # [N, N]
-    n, m = jac.shape[0], s.shape[0]
-
-    def sens_rhs(t_, uv):
-        return tf.reshape(rhs(t_, (tf.reshape(uv, tf.shape(u)), s))[1], [-1])
-
-    b, _ = jacobian(sens_rhs, t, tf.reshape(u, [-1]), with_t=False)  # [M N, N]
-    eye = tf.eye(m, dtype=jac.dtype)
-    diag = tf.reshape(eye[:, None, :, None] * jac[None, :, None, :], [m * n, m * n])
-    top = tf.concat([jac, tf.zeros([n, m * n], jac.dtype)], axis=1)
-    return tf.concat([top, tf.concat([b, diag], axis=1)], axis=0)
 
 
 def split_directions(x, dirs: Directions, u0, p, variables):
