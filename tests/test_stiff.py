@@ -212,15 +212,13 @@ def test_linear_stiff_against_expm_and_frechet(method, sensealg):
 # ----------------------------------------------------------------- forward sensitivities' linear algebra
 
 
-@pytest.mark.parametrize("coupling", ["matrix", "jvp"])
-def test_sensitivity_block_solve_equals_dense_augmented_solve(coupling, monkeypatch):
+def test_sensitivity_block_solve_equals_dense_augmented_solve():
     # Stiff methods solve (I/(gamma h) - J_aug) x = b for (u, S) through the state's n x n LU and the
-    # coupling block B (formed, or applied by one JVP per solve). Reference: NumPy's dense solve with
-    # the whole augmented Jacobian, taken by a reverse-mode tape of the augmented right-hand side.
-    from sensode.derivatives import batched_jvp
+    # coupling block B applied by a second-order JVP. Reference: NumPy's dense solve with the whole
+    # augmented Jacobian, taken by a reverse-mode tape of the augmented right-hand side.
+    from sensode.derivatives import batched_jvp, batched_jvp_derivative
     from sensode.ode import linear
 
-    monkeypatch.setattr(linear, "COUPLING_MATRIX_UP_TO", 8 if coupling == "matrix" else 0)
     k = tf.constant([0.04, 3e7, 1e4], tf.float64)
     f = models.robertson().f
     rng = np.random.default_rng(0)
@@ -233,13 +231,14 @@ def test_sensitivity_block_solve_equals_dense_augmented_solve(coupling, monkeypa
         out, jvps = batched_jvp(f, t, y[0], k, [], y[1], p_tan, [])
         return [out, jvps]
 
-    system = linear.SensitivitySystem(aug, lambda t, u_: f(t, u_, k))
+    system = linear.SensitivitySystem(aug, lambda t, u_: f(t, u_, k), None,
+                                      lambda t, u_, s_, x: batched_jvp_derivative(f, t, u_, k, [], s_, p_tan, [], x))
     layout = linear.Layout([u, s])
     g = lambda t, v: layout.vec(aug(t, layout.unvec(v)))
     t, inv_gh = tf.constant(0.3, tf.float64), tf.constant(1e3, tf.float64)
     yv = layout.vec([u, s])
     b = tf.constant(rng.normal(size=layout.size), tf.float64)
-    x = tf.function(lambda: linear.SensitivityFactorised(system, g, layout, t, yv, inv_gh).solve(b))()
+    x = tf.function(lambda: linear.SensitivityFactorised(system, layout, t, yv, inv_gh).solve(b))()
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(yv)
         out = g(t, yv)

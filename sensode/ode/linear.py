@@ -38,11 +38,6 @@ __all__ = ["Layout", "jacobian", "time_derivative", "WithJacobian", "Sensitivity
 # unrolled forward-mode JVPs (one per column), which compile either way.
 UNROLL_UNDER_XLA = 48
 
-# A forward-sensitivity system with at most this many states forms its
-# coupling block ``B`` (``n`` forward-mode passes per step); a larger one
-# applies ``B`` by one forward-mode pass per linear solve.
-COUPLING_MATRIX_UP_TO = 8
-
 
 class Layout:
     """Concatenate a flat list of leaves into one vector ``[N]`` and back.
@@ -208,17 +203,20 @@ class SensitivitySystem:
     ``S`` ``[M, *u.shape]``: one tangent direction per row); ``state_fn(t,
     u)`` is ``f`` alone and ``state_jac(t, u) -> [n, n]`` its Jacobian when
     the problem supplies one (else None: automatic differentiation of
-    ``state_fn``). The stiff methods recognise it and solve with the
-    augmented matrix ``I / (gamma h) - [[J, 0], [B, I_M (x) J]]`` through the
-    state's own factorised ``n x n`` matrix (`SensitivityFactorised`), as
-    CVODES does, instead of forming and factorising the ``n (M + 1)``-square
-    augmented Jacobian.
+    ``state_fn``); ``coupling(t, u, S, x) -> [M, *u.shape]`` applies the
+    coupling block ``B = d(J S + df/dθ)/du`` to ``x`` (shaped like ``u``).
+    The stiff methods recognise it and solve with the augmented matrix ``I /
+    (gamma h) - [[J, 0], [B, I_M (x) J]]`` through the state's own
+    factorised ``n x n`` matrix (`SensitivityFactorised`), as CVODES does,
+    instead of forming and factorising the ``n (M + 1)``-square augmented
+    Jacobian.
     """
 
-    def __init__(self, fn: Callable, state_fn: Callable, state_jac: Callable | None = None):
+    def __init__(self, fn: Callable, state_fn: Callable, state_jac: Callable | None, coupling: Callable):
         self.fn = fn
         self.state_fn = state_fn
         self.state_jac = state_jac
+        self.coupling = coupling
 
     def __call__(self, t, y):
         return self.fn(t, y)
@@ -229,43 +227,34 @@ class SensitivityFactorised:
 
     ``J_aug = [[J, 0], [B, I_M (x) J]]`` is block lower triangular: ``J =
     df/du`` and ``B = d(J S + df/dθ)/du`` (second derivatives of ``f``), both
-    at the step's start ``(t, y)``. A solve of ``[b_u, b_S]`` is ``x_u =
+    at the step's start ``(t, u, S)``. A solve of ``[b_u, b_S]`` is ``x_u =
     M^{-1} b_u`` and then ``x_S = M^{-1} (b_S + B x_u)`` for all ``M``
     directions at once (``M`` right-hand sides of the same factors); ``B
-    x_u`` is one forward-mode derivative of the augmented right-hand side
-    ``g`` in the direction ``(x_u, 0)``, so ``B`` is never formed. The result
-    equals a dense solve with the augmented matrix (the method's order is
-    kept: the Jacobian is exact).
+    x_u`` is one vectorised second-order forward-mode product
+    (``system.coupling``), so ``B`` is never formed. The result equals a
+    dense solve with the augmented matrix (the method's order is kept: the
+    Jacobian is exact).
     """
 
-    def __init__(self, system: SensitivitySystem, g: Callable, layout: Layout, t, yv, inv_gh):
+    def __init__(self, system: SensitivitySystem, layout: Layout, t, yv, inv_gh):
         n = layout.sizes[0]
-        self.n, self.g, self.t, self.yv = n, g, t, yv
         u_shape = layout.shapes[0]
-        u = yv[:n]
+        self.n, self.t, self.system, self.u_shape = n, t, system, u_shape
+        u = tf.reshape(yv[:n], u_shape)
+        self.u, self.s = u, tf.reshape(yv[n:], layout.shapes[1])
         if system.state_jac is not None:
-            jac = system.state_jac(t, tf.reshape(u, u_shape))
+            jac = system.state_jac(t, u)
             if jac.shape != (n, n):
                 raise ValueError(f"`jac` must give a [{n}, {n}] matrix here, got {jac.shape}")
         else:
-            jac, _ = jacobian(lambda t_, uv: tf.reshape(system.state_fn(t_, tf.reshape(uv, u_shape)), [-1]), t, u,
-                              with_t=False)
+            jac, _ = jacobian(lambda t_, uv: tf.reshape(system.state_fn(t_, tf.reshape(uv, u_shape)), [-1]), t,
+                              yv[:n], with_t=False)
         self.state = Factorised(jac, inv_gh)
-        self.coupling = None
-        if n <= COUPLING_MATRIX_UP_TO:
-            s = yv[n:]
-            self.coupling, _ = jacobian(lambda t_, uv: g(t_, tf.concat([uv, s], axis=0))[n:], t, u, with_t=False)
 
     def solve(self, b):
         n = self.n
         x_u = self.state.solve(b[:n])
-        if self.coupling is not None:
-            coupling = tf.linalg.matvec(self.coupling, x_u)
-        else:
-            tangent = tf.concat([x_u, tf.zeros_like(b[n:])], axis=0)
-            with tf.autodiff.ForwardAccumulator(self.yv, tangent) as acc:
-                out = self.g(self.t, self.yv)
-            coupling = acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)[n:]  # B x_u, [M n]
-        rhs = tf.transpose(tf.reshape(b[n:] + coupling, [-1, n]))  # [n, M]
+        coupling = self.system.coupling(self.t, self.u, self.s, tf.reshape(x_u, self.u_shape))  # [M, *u]
+        rhs = tf.transpose(tf.reshape(b[n:], [-1, n]) + tf.reshape(coupling, [-1, n]))  # [n, M]
         x_s = self.state.solve(rhs)
         return tf.concat([x_u, tf.reshape(tf.transpose(x_s), [-1])], axis=0)

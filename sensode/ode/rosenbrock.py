@@ -123,7 +123,7 @@ class _Stiff(ODEMethod):
         the state's own ``n x n`` factorisation (`SensitivityFactorised`).
         """
         if isinstance(fn, SensitivitySystem):
-            return (SensitivityFactorised(fn, g, layout, t, yv, inv_gh),
+            return (SensitivityFactorised(fn, layout, t, yv, inv_gh),
                     time_derivative(g, t, yv) if with_t else None)
         if not isinstance(fn, WithJacobian):
             jac, dt = jacobian(g, t, yv, with_t=with_t)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from ..derivatives import batched_jvp, graph_if_eager
+from ..derivatives import batched_jvp, batched_jvp_derivative, graph_if_eager
 from ..ode.linear import SensitivitySystem
 from ..params import Params
 from .base import ForwardPass, Gradients, SensitivityAlgorithm
@@ -108,7 +108,8 @@ def forward_solve(spec, u0, ts, t0, t1, p, variables):
         # The stiff methods solve with the state's own factorised matrix
         # (block lower-triangular augmented Jacobian), not an augmented LU.
         state_jac = None if spec.jac is None else (lambda t, u: spec.jac(t, u, p))
-        fn = SensitivitySystem(fn, lambda t, u: spec.f(t, u, p), state_jac)
+        fn = SensitivitySystem(fn, lambda t, u: spec.f(t, u, p), state_jac,
+                               lambda t, u, s, x: batched_jvp_derivative(spec.f, t, u, p, variables, s, p_tan, v_tan, x))
     max_steps = STEP_BUDGET_FACTOR * spec.options.max_steps
     res = spec.integrate(fn, (u0, s0), t0, t1, saveat=ts, max_steps=max_steps)
     return res, dirs
