@@ -15,41 +15,55 @@ The method's carry holds only counters (``njac``, ``nlu``, ``nsolve``): the
 Jacobian is re-evaluated every attempt, which `Rodas5` needs for its order
 (it is not a W-method) and which keeps gradients of the discrete adjoint
 exact.
+
+Matrix-free (``linsolve=GMRES(...)`` or ``BiCGStab(...)``): every solve with
+``M`` is a Krylov solve whose products ``J v`` are forward-mode derivatives
+of ``f`` at the step's start (`sensode.ode.matrixfree.MatrixFree`): no Jacobian,
+no LU (``njac = nlu = 0``; ``nkrylov`` counts the Krylov iterations). A
+solve that does not converge makes the step's proposal NaN, so the loop
+rejects the step and shrinks ``h``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from .linear import (Factorised, Layout, SensitivityFactorised, SensitivitySystem, WithJacobian, jacobian,
                      time_derivative)
+from .matrixfree import MatrixFree, check_linsolve
 from .methods import MethodStep, ODEMethod
 
 __all__ = ["Rosenbrock23", "Rodas5", "StiffCounters"]
 
 
 class StiffCounters(NamedTuple):
-    """Loop state of a stiff method: Jacobians, LU factorisations and linear solves so far."""
+    """Loop state of a stiff method: Jacobians, LU factorisations, linear solves and Krylov iterations so far."""
 
     njac: tf.Tensor
     nlu: tf.Tensor
     nsolve: tf.Tensor
+    nkrylov: tf.Tensor
 
     @staticmethod
     def zeros():
         z = tf.constant(0, tf.int32)
-        return StiffCounters(z, z, z)
+        return StiffCounters(z, z, z, z)
 
-    def add(self, njac=0, nlu=0, nsolve=0):
-        return StiffCounters(self.njac + njac, self.nlu + nlu, self.nsolve + nsolve)
+    def add(self, njac=0, nlu=0, nsolve=0, nkrylov=0):
+        return StiffCounters(self.njac + njac, self.nlu + nlu, self.nsolve + nsolve, self.nkrylov + nkrylov)
 
-    def as_stats(self) -> dict:
-        return {"njac": self.njac, "nlu": self.nlu, "nsolve": self.nsolve}
+    def as_stats(self, krylov: bool = False) -> dict:
+        """``njac``, ``nlu``, ``nsolve``, and ``nkrylov`` for a matrix-free method only."""
+        out = {"njac": self.njac, "nlu": self.nlu, "nsolve": self.nsolve}
+        if krylov:
+            out["nkrylov"] = self.nkrylov
+        return out
 
 
 def interpolate_rows(w, y0: list, h, rows: list) -> list:
@@ -83,9 +97,10 @@ _EAGER_STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class _Stiff(ODEMethod):
-    """Shared plumbing: the flat-vector view of ``fn``, eager graphs, the counters."""
+    """Shared plumbing: the flat-vector view of ``fn``, eager graphs, the counters, the linear solver."""
 
     stiff = True
+    linsolve = None  # None: dense LU; else a Krylov solver (subclasses validate with `check_linsolve`)
 
     def step(self, fn, t, y, f, h, carry) -> MethodStep:
         if not tf.executing_eagerly():
@@ -108,20 +123,23 @@ class _Stiff(ODEMethod):
         return StiffCounters.zeros()
 
     def stats(self, carry) -> dict:
-        return carry.as_stats()
+        return carry.as_stats(krylov=self.linsolve is not None)
 
     @staticmethod
     def _vector_fn(fn, layout: Layout):
         return lambda t, v: layout.vec(fn(t, layout.unvec(v)))
 
-    @staticmethod
-    def _factorise(fn, g, layout: Layout, t, yv, inv_gh, with_t: bool = True):
+    def _factorise(self, fn, g, layout: Layout, t, yv, inv_gh, with_t: bool = True):
         """``(w, df/dt)`` at ``(t, yv)``: ``w.solve`` applies ``(I / (gamma h) - J)^{-1}``.
 
-        ``J`` from ``fn.jac`` when ``fn`` supplies it, else by AD; for a
+        Matrix-free with a Krylov ``linsolve`` (`MatrixFree`: products with
+        ``g``, the whole flat system; a user ``jac`` is not used). Else ``J``
+        from ``fn.jac`` when ``fn`` supplies it, or by AD; for a
         forward-sensitivity system (`SensitivitySystem`) the solves go through
         the state's own ``n x n`` factorisation (`SensitivityFactorised`).
         """
+        if self.linsolve is not None:
+            return MatrixFree(self.linsolve, g, t, yv, inv_gh), (time_derivative(g, t, yv) if with_t else None)
         if isinstance(fn, SensitivitySystem):
             return (SensitivityFactorised(fn, layout, t, yv, inv_gh),
                     time_derivative(g, t, yv) if with_t else None)
@@ -141,7 +159,44 @@ class _Stiff(ODEMethod):
     def __hash__(self) -> int:
         return hash((type(self), tuple(sorted(vars(self).items()))))
 
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}()" if self.linsolve is None else f"{name}(linsolve={self.linsolve!r})"
 
+    @staticmethod
+    def _finish(w, counters: StiffCounters, nsolve: int, values: list):
+        """Count a Rosenbrock step's solves; with `MatrixFree`, NaN ``values`` if a solve failed."""
+        if isinstance(w, MatrixFree):
+            return counters.add(nsolve=nsolve, nkrylov=w.total_iterations()), w.mark_failed(values)
+        return counters.add(njac=1, nlu=1, nsolve=nsolve), values
+
+
+_LINSOLVE_DOC = """
+    Args:
+      linsolve: how to solve with ``M = I / (gamma h) - J`` (``[N, N]``, ``N``
+        the number of state elements, batch included). None or
+        `sensode.linsolve.LU()` (default): form ``J`` (AD or the problem's
+        ``jac``) and factorise ``M`` once per step. A Krylov solver
+        (``sensode.linsolve.GMRES(...)``, ``BiCGStab(...)``; ``CG(...)`` only
+        for symmetric ``J``): matrix-free Newton--Krylov, every solve iterates
+        with ``M v = v / (gamma h) - J v``, ``J v`` one forward-mode product of
+        ``f`` at the step's start; ``J`` is never formed and a problem's
+        ``jac`` is not used. When to use: large systems (``N`` in the
+        thousands, e.g. semi-discretised PDEs) whose JVP is cheap and whose
+        ``M`` is well conditioned; a dense LU is ``O(N^3)`` per step. Caution:
+        no preconditioner yet, so on badly conditioned ``M`` (large ``h``
+        against a wide spectrum) the iteration may not converge; such a step
+        is rejected (its proposal is NaN) and ``h`` shrinks, which costs
+        steps. Set the solver's ``rtol`` well below the solve's own (its
+        default, 1e-10 in float64, is safe). Gradients (discrete adjoint):
+        one transposed Krylov solve per solve, not backpropagation through
+        the iterations. ``sol.stats`` then has ``njac = nlu = 0`` and
+        ``nkrylov`` (Krylov iterations).
+
+"""
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Rosenbrock23(_Stiff):
     """L-stable 2(3) Rosenbrock--W method (MATLAB ``ode23s``).
 
@@ -151,10 +206,12 @@ class Rosenbrock23(_Stiff):
     (C^1) dense output. A W-method: its order does not depend on the exact
     Jacobian. When to use: loose tolerances (rtol around 1e-3 to 1e-2),
     rough right-hand sides; for rtol below 1e-4 prefer `Rodas5`.
-
+    {linsolve}
     References: Shampine & Reichelt, "The MATLAB ODE suite", SIAM J. Sci.
     Comput. 18(1), 1997; OrdinaryDiffEq.jl ``Rosenbrock23``.
     """
+
+    linsolve: Any = None
 
     name = "Rosenbrock23"
     order = 2
@@ -163,6 +220,9 @@ class Rosenbrock23(_Stiff):
     dense_nfe = 0
     d = 1.0 / (2.0 + math.sqrt(2.0))
     e32 = 6.0 + math.sqrt(2.0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "linsolve", check_linsolve(self.name, self.linsolve))
 
     def _step(self, fn, t, y, f, h, carry) -> MethodStep:
         layout = Layout(y)
@@ -180,7 +240,7 @@ class Rosenbrock23(_Stiff):
         k3 = w.solve(inv * (f2 - self.e32 * (k2 - f1) - 2.0 * (k1 - f0) + (d * h) * dt))
         err = (h / 6.0) * (k1 - 2.0 * k2 + k3)
         rows = tf.stack([k1, k2], axis=0)
-        carry = carry.add(njac=1, nlu=1, nsolve=3)
+        carry, (y1, err) = self._finish(w, carry, 3, [y1, err])
         return MethodStep(layout.unvec(y1), layout.unvec(f2), layout.unvec(err), layout.unvec_rows(rows), 2, carry)
 
     def dense(self, fn, t, y, h, step):
@@ -245,6 +305,7 @@ def _lincomb(coefs, vecs):
     return out
 
 
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Rodas5(_Stiff):
     """Rodas5: 5(4) stiffly accurate Rosenbrock method with 4th-order dense output.
 
@@ -252,13 +313,16 @@ class Rodas5(_Stiff):
     with the next step), one Jacobian, one LU and eight solves per step.
     L-stable and stiffly accurate: the default stiff method, efficient from
     rtol 1e-3 down to about 1e-10. Needs the exact Jacobian (not a W-method):
-    a user ``jac`` must be correct.
-
+    a user ``jac`` must be correct (with a Krylov ``linsolve``, the solves
+    must be accurate: keep the solver's ``rtol`` tight).
+    {linsolve}
     References: Hairer & Wanner, Solving ODEs II, Sec. IV.7 (RODAS); Di Marzo,
     "RODAS5(4) -- Méthodes de Rosenbrock d'ordre 5(4) adaptées aux problèmes
     différentiels-algébriques", Geneva, 1993; coefficients as in
     OrdinaryDiffEq.jl's ``Rodas5Tableau``.
     """
+
+    linsolve: Any = None
 
     name = "Rodas5"
     order = 5
@@ -266,6 +330,9 @@ class Rodas5(_Stiff):
     dense_rows = 4
     dense_nfe = 0
     gamma = _RODAS5_GAMMA
+
+    def __post_init__(self):
+        object.__setattr__(self, "linsolve", check_linsolve(self.name, self.linsolve))
 
     def _step(self, fn, t, y, f, h, carry) -> MethodStep:
         layout = Layout(y)
@@ -292,8 +359,8 @@ class Rodas5(_Stiff):
             ks.append(w.solve(rhs))
         y1 = u + ks[-1]
         f1 = g(t + h, y1)
-        carry = carry.add(njac=1, nlu=1, nsolve=8)
-        return MethodStep(layout.unvec(y1), layout.unvec(f1), layout.unvec(ks[-1]), tf.stack(ks, 0), 8, carry)
+        carry, (y1, err) = self._finish(w, carry, 8, [y1, ks[-1]])
+        return MethodStep(layout.unvec(y1), layout.unvec(f1), layout.unvec(err), tf.stack(ks, 0), 8, carry)
 
     def dense(self, fn, t, y, h, step):
         layout = Layout(y)
@@ -308,3 +375,8 @@ class Rodas5(_Stiff):
         s = th * (1.0 - th)
         w = tf.concat([th, s, s * th, s * th * th], axis=1)
         return interpolate_rows(w, y0, h, rows)
+
+
+# One text for both Rosenbrock methods' `linsolve` argument.
+Rosenbrock23.__doc__ = Rosenbrock23.__doc__.replace("    {linsolve}\n", _LINSOLVE_DOC)
+Rodas5.__doc__ = Rodas5.__doc__.replace("    {linsolve}\n", _LINSOLVE_DOC)

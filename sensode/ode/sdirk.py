@@ -15,17 +15,24 @@ rejected step and answers with a smaller ``h`` (the loop's ``factor_min``).
 The stage derivative is recovered as ``k_i = (z_i - base_i) / (gamma h)``
 rather than by evaluating ``f(z_i)``: the standard trick (Hairer & Wanner,
 Sec. IV.8) that keeps the Newton residual out of the stiff components.
+
+With a Krylov ``linsolve`` the Newton corrections are matrix-free
+Newton--Krylov solves (`sensode.ode.matrixfree.MatrixFree`, products ``J v``
+by forward-mode derivatives of ``f`` at the step's start); a Krylov solve
+that does not converge fails its stage, which rejects the step as a
+diverging Newton iteration does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from .linear import Layout
+from .matrixfree import MatrixFree, check_linsolve
 from .methods import MethodStep
 from .rosenbrock import StiffCounters, _lincomb, _Stiff, interpolate_rows
 
@@ -95,6 +102,20 @@ class Kvaerno5(_Stiff):
         atol``, as Hairer's RADAU5 and diffrax do; a fixed number overrides.
       max_newton: static bound on Newton iterations per stage; a stage that
         has not converged rejects the step.
+      linsolve: None or `sensode.linsolve.LU()` (default: ``J`` formed, one
+        dense LU of ``M = I / (gamma h) - J`` per step, ``[N, N]`` with ``N``
+        the number of state elements), or a Krylov solver
+        (``sensode.linsolve.GMRES(...)``, ``BiCGStab(...)``; ``CG(...)`` only
+        for symmetric ``J``) for matrix-free Newton--Krylov: each Newton
+        correction is a Krylov solve whose products ``J v`` are forward-mode
+        derivatives of ``f`` at the step's start; ``J`` is never formed and a
+        problem's ``jac`` is not used. When to use: large systems (``N`` in
+        the thousands) with cheap JVPs and a well-conditioned ``M``. Caution:
+        no preconditioner yet; a Krylov solve that does not converge fails
+        its stage and rejects the step (``h`` shrinks). Gradients (discrete
+        adjoint): one transposed Krylov solve per solve, never
+        backpropagation through the iterations. ``sol.stats`` then has
+        ``njac = nlu = 0`` and ``nkrylov`` (Krylov iterations).
 
     References: A. Kværnø, "Singly diagonally implicit Runge--Kutta methods
     with an explicit first stage", BIT 44(3), 2004; Hairer & Wanner, Solving
@@ -104,6 +125,7 @@ class Kvaerno5(_Stiff):
     newton_rtol: float | None = None
     newton_atol: float | None = None
     max_newton: int = 10
+    linsolve: Any = None
 
     name = "Kvaerno5"
     order = 5
@@ -118,12 +140,23 @@ class Kvaerno5(_Stiff):
                 raise ValueError(f"Kvaerno5: `{k}` must be a positive number or None, got {v!r}")
         if isinstance(self.max_newton, bool) or not isinstance(self.max_newton, int) or self.max_newton < 1:
             raise ValueError(f"Kvaerno5: `max_newton` must be a positive int, got {self.max_newton!r}")
+        object.__setattr__(self, "linsolve", check_linsolve("Kvaerno5", self.linsolve))
+
+    # Field by field, not `astuple`: that would flatten a linsolve dataclass
+    # into its fields and equate GMRES(...) with BiCGStab(...).
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
     def __eq__(self, other) -> bool:
-        return type(self) is type(other) and dataclasses.astuple(self) == dataclasses.astuple(other)
+        return type(self) is type(other) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((type(self), dataclasses.astuple(self)))
+        return hash((type(self), self._key()))
+
+    def __repr__(self) -> str:
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if f.name != "linsolve" or self.linsolve is not None]
+        return f"Kvaerno5({', '.join(shown)})"
 
     def init(self, fn, t0, y0, f0):
         super().init(fn, t0, y0, f0)
@@ -144,24 +177,34 @@ class Kvaerno5(_Stiff):
         return _NewtonCarry(counters, tf.cast(n_rtol, dtype), tf.cast(n_atol, dtype))
 
     def stats(self, carry) -> dict:
-        return carry.counters.as_stats()
+        return carry.counters.as_stats(krylov=self.linsolve is not None)
 
     def _newton(self, g, t_i, base, z0, w, gh, rtol, atol):
-        """Solve ``z = base + gh g(t_i, z)`` from ``z0``: ``(z, converged, iterations)``."""
+        """Solve ``z = base + gh g(t_i, z)`` from ``z0``: ``(z, converged, iterations, krylov iterations)``."""
         inv_gh = 1.0 / gh
+        krylov = isinstance(w, MatrixFree)
 
-        def body(it, z, done):
+        def body(it, z, done, broken, nk):
             resid = z - base - gh * g(t_i, z)
-            dz = -inv_gh * w.solve(resid)  # (I - gh J)^{-1} = M^{-1} / (gh)
+            if krylov:
+                # A failed Krylov solve stops the stage (not converged): its
+                # finite last iterate keeps z finite for the discrete adjoint.
+                x, solved, kit = w.solve_checked(resid)
+                broken, nk = broken | ~solved, nk + kit
+            else:
+                x = w.solve(resid)
+            dz = -inv_gh * x  # (I - gh J)^{-1} = M^{-1} / (gh)
             size = tf.sqrt(tf.reduce_mean(tf.square(dz / (atol + rtol * tf.abs(z)))))
-            ok = size <= 1.0  # NaN (singular M, overflow) never converges
-            return it + 1, z + dz, ok
+            ok = (size <= 1.0) & ~broken  # NaN (singular M, overflow) never converges
+            return it + 1, z + dz, ok, broken, nk
 
-        it, z, ok = tf.while_loop(
-            lambda it, z, done: ~done, body, (tf.constant(0, tf.int32), z0, tf.constant(False)),
+        zero = tf.constant(0, tf.int32)
+        it, z, ok, _, nk = tf.while_loop(
+            lambda it, z, done, broken, nk: ~done & ~broken, body,
+            (zero, z0, tf.constant(False), tf.constant(False), zero),
             maximum_iterations=self.max_newton,
         )
-        return z, ok, it
+        return z, ok, it, nk
 
     def _step(self, fn, t, y, f, h, carry) -> MethodStep:
         layout = Layout(y)
@@ -173,14 +216,16 @@ class Kvaerno5(_Stiff):
         ks = [f0]
         ok_all = tf.constant(True)
         iters = tf.constant(0, tf.int32)
+        nkrylov = tf.constant(0, tf.int32)
         z = yv
         for i in range(2, 8):
             base = yv + h * _lincomb(_A[i], ks)
             z0 = yv + h * _lincomb(_ALPHA[i], ks)
-            z, ok, it = self._newton(g, t + _C[i] * h, base, z0, w, gh, rtol, atol)
+            z, ok, it, nk = self._newton(g, t + _C[i] * h, base, z0, w, gh, rtol, atol)
             ks.append((z - base) / gh)
             ok_all = ok_all & ok
             iters += it
+            nkrylov += nk
         # A failed Newton iteration rejects the step through an infinite
         # error (the loop then shrinks h by its factor_min). The proposal
         # falls back to the start state rather than NaN: a NaN here would
@@ -190,7 +235,8 @@ class Kvaerno5(_Stiff):
         f1 = g(t + h, y1)
         err = tf.where(ok_all, h * _lincomb(_B_ERR, ks), tf.constant(np.inf, yv.dtype))
         rows = tf.stack([f0, f1, (y1 - yv) / h], axis=0)
-        carry = carry._replace(counters=carry.counters.add(njac=1, nlu=1, nsolve=iters))
+        lu = 0 if isinstance(w, MatrixFree) else 1
+        carry = carry._replace(counters=carry.counters.add(njac=lu, nlu=lu, nsolve=iters, nkrylov=nkrylov))
         return MethodStep(layout.unvec(y1), layout.unvec(f1), layout.unvec(err), layout.unvec_rows(rows),
                           iters + 1, carry)
 
