@@ -93,6 +93,24 @@ def test_lu_reports_singular_systems_per_row(mode):
     np.testing.assert_allclose(res.x.numpy()[1], [1.0 / 3.0, 1.0 / 3.0])
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_lu_pivot_test_without_condition_estimate(mode):
+    # The stiff methods' factorisation: exactly singular, zero and non-finite systems are singular
+    # from the pivots alone (NaN solutions); a regular one, even ill-conditioned, is solved.
+    a = tf.constant([[[1.0, 1.0], [2.0, 2.0]], [[2.0, 1.0], [0.0, 3.0]], [[0.0, 0.0], [0.0, 0.0]],
+                     [[np.nan, 1.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, 1.0 + 1e-9]]], tf.float64)
+
+    def solve():
+        lu = ls.LU()
+        return lu.solve_factored(lu.factor(a, estimate_condition=False), tf.ones([5, 2], tf.float64))
+
+    res = run(mode, solve)
+    np.testing.assert_array_equal(res.converged.numpy(), [False, True, False, False, True])
+    assert np.isnan(res.x.numpy()[[0, 2, 3]]).all()
+    np.testing.assert_allclose(res.x.numpy()[1], [1.0 / 3.0, 1.0 / 3.0])
+    np.testing.assert_allclose(res.x.numpy()[4], np.linalg.solve(a.numpy()[4], [1.0, 1.0]), atol=1e-6)  # cond 4e9
+
+
 def test_lu_nonfinite_matrix_is_singular():
     a = tf.constant([[[np.nan, 1.0], [0.0, 1.0]]], tf.float64)
     assert not ls.LU().solve(ls.MatrixOperator(a), tf.ones([1, 2], tf.float64)).converged.numpy()[0]

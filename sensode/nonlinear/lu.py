@@ -117,8 +117,18 @@ class LU(LinearSolver):
         """Systems with estimated ``rcond_1`` at or below this are singular."""
         return 16.0 * float(np.sqrt(n)) * _eps(dtype)
 
-    def factor(self, a) -> LUFactors:
-        """Factor a ``[B, n, n]`` matrix; see `LUFactors`."""
+    def factor(self, a, *, estimate_condition: bool = True) -> LUFactors:
+        """Factor a ``[B, n, n]`` matrix; see `LUFactors`.
+
+        ``estimate_condition=False`` skips the condition estimate (a few
+        solves, which under XLA cost several times the factorisation of a
+        small matrix) for callers that catch bad solves themselves, such as
+        the stiff ODE methods, whose error control rejects a step with a
+        wild stage: a system is then singular only when a pivot of the
+        shifted matrix is at most `rcond_threshold` times ``max |A|`` (an
+        exactly singular ``A``, whose pivot is the shift), ``A`` is zero or
+        not finite, and ``rcond`` is NaN (not estimated).
+        """
         n = a.shape[-1]
         eps = _eps(a.dtype)
         finite = tf.reduce_all(tf.math.is_finite(a), axis=[-2, -1])
@@ -131,6 +141,10 @@ class LU(LinearSolver):
         else:
             lu, perm = tf.linalg.lu(a_shifted)
         no = tf.zeros_like(finite)
+        if not estimate_condition:
+            pivot = tf.reduce_min(tf.abs(tf.linalg.diag_part(lu)), axis=-1)
+            singular = ~(pivot > self.rcond_threshold(n, a.dtype) * scale) | ~finite | tf.equal(scale, 0)
+            return LUFactors(lu, perm, singular, tf.fill(tf.shape(scale), tf.constant(np.nan, a.dtype)))
         raw = LUFactors(lu, perm, no, tf.ones_like(scale))
 
         def solve(x, transpose):

@@ -159,16 +159,20 @@ class Factorised:
       inv_gh: scalar ``1 / (gamma h)``.
 
     The factorisation is `sensode.linsolve.LU` (partial pivoting, an XLA
-    path, and a condition estimate: a numerically singular ``M`` gives NaN
-    solutions, so the loop rejects the step and shrinks ``h``).
+    path) without its condition estimate: an exactly singular ``M`` (a pivot
+    at the level of rounding) or a non-finite one gives NaN solutions, so the
+    loop rejects the step and shrinks ``h``; a merely ill-conditioned one
+    gives a large stage, which the error estimate rejects the same way (as in
+    Hairer's RODAS and RADAU5, which test pivots only).
     """
 
     def __init__(self, jac, inv_gh):
         n = jac.shape[-1]
         self.m = inv_gh * tf.eye(n, dtype=jac.dtype) - jac
         # Stopped on the way out too: a Newton loop that captures the factors
-        # would otherwise ask for the (undefined) gradient of the Lu op.
-        factors = LU().factor(tf.stop_gradient(self.m)[None])
+        # would otherwise ask for the (undefined) gradient of the Lu op. No
+        # condition estimate: under XLA it cost 80% of a HIRES solve.
+        factors = LU().factor(tf.stop_gradient(self.m)[None], estimate_condition=False)
         self.factors = tf.nest.map_structure(tf.stop_gradient, factors)
 
     def solve(self, b):
