@@ -148,7 +148,7 @@ def test_default_sensealg_choices():
     assert isinstance(alg, sd.ForwardSensitivity) and "2 + 4" in reason
     alg, reason = sd.default_sensealg(sd.models.neural_ode_mlp())
     assert isinstance(alg, sd.DiscreteAdjoint) and ">" in reason
-    # A stiff method: never forward sensitivities (minutes to compile), never backsolve.
+    # A stiff method: never forward sensitivities (two to three times longer to compile), never backsolve.
     for method in (sd.Rodas5(), sd.Kvaerno5(), sd.AutoTsit5Rodas5()):
         alg, reason = sd.default_sensealg(sd.models.robertson(), method)
         assert isinstance(alg, sd.DiscreteAdjoint) and "stiff" in reason, reason

@@ -32,13 +32,14 @@ def default_sensealg(prob, alg=None) -> tuple[SensitivityAlgorithm, str]:
     default.
 
     With a stiff method (``alg.stiff``: Rodas5, Rosenbrock23, Kvaerno5,
-    AutoTsit5Rodas5) always `DiscreteAdjoint`: forward sensitivities there
-    integrate the augmented system ``(u, S)`` with the stiff method, whose
-    Jacobian (``n (1 + m)`` columns of second derivatives) made the first call
-    slow beyond use (Robertson with Rodas5 under XLA: 503 s to compile, then
-    73 ms a gradient against the discrete adjoint's 38 ms, whose compiles took
-    25-120 s on the stiff benchmark's problems; through AutoTsit5Rodas5 on
-    Lotka--Volterra, a 220 s first call against 9 s).
+    AutoTsit5Rodas5) always `DiscreteAdjoint`. Forward sensitivities work
+    there too (their solves reuse the state's ``n x n`` factorisation, as
+    CVODES does) and run about as fast (Robertson with Rodas5 under XLA: 12-14
+    ms a gradient against 14-17 ms; HIRES 23-35 ms against 21 ms), but compile
+    two to three times longer, because every stage applies second derivatives
+    of ``f`` to all directions (Robertson 26 s against 13 s, HIRES 73 s
+    against 35 s; sensode 0.1 formed the whole augmented Jacobian instead:
+    503 s on Robertson).
 
     Neither choice is `BacksolveAdjoint`, which is unstable on stiff and
     dissipative problems.
@@ -56,8 +57,8 @@ def default_sensealg(prob, alg=None) -> tuple[SensitivityAlgorithm, str]:
     if getattr(alg, "stiff", False):
         return DiscreteAdjoint(), (
             f"{alg!r} is a stiff method: the discrete adjoint re-runs its steps and stays stable (BacksolveAdjoint "
-            "would not); forward sensitivities would integrate the augmented system with it, whose Jacobian of "
-            f"second derivatives ({n_u} x (1 + {n_u} + {n_p}) columns) takes minutes to compile"
+            "would not); forward sensitivities are as fast per call but compile two to three times longer (every "
+            f"stage applies second derivatives of f to {n_u} + {n_p} directions)"
         )
     if n_u + n_p <= FORWARD_MODE_LIMIT:
         return ForwardSensitivity(), (
