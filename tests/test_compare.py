@@ -51,9 +51,12 @@ def test_default_sensealgs_cover_every_algorithm():
     # ForwardSensitivity is left out where its tangents would not fit.
     names = {type(a).__name__ for a in compare.default_sensealgs(sd.models.neural_ode_mlp())}
     assert "ForwardSensitivity" not in names
-    # ... and with a stiff method (minutes of compilation); the adjoints all stay.
+    # ... and with a stiff method beyond small problems (second derivatives per stage: long compiles).
+    adjoints = {"DiscreteAdjoint", "BacksolveAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint"}
+    names = {type(a).__name__ for a in compare.default_sensealgs(sd.models.hires(), alg=sd.Rodas5())}
+    assert names == adjoints
     names = {type(a).__name__ for a in compare.default_sensealgs(sd.models.robertson(), alg=sd.Rodas5())}
-    assert names == {"DiscreteAdjoint", "BacksolveAdjoint", "InterpolatingAdjoint", "QuadratureAdjoint"}
+    assert names == adjoints | {"ForwardSensitivity"}
 
 
 def test_every_algorithm_agrees_with_independent_reference(result):

@@ -61,6 +61,11 @@ REFERENCE_ATOL = 1e-12
 # ForwardSensitivity carries M = len(u0) + len(theta) tangents of the state; above
 # this many state-tangent entries (M * len(u0)) it is not run (memory).
 FORWARD_MAX_ENTRIES = 2_000_000
+# With a stiff method every stage applies second derivatives of f to all M
+# directions; its compile time grows with M * len(u0) (plain graph, Rodas5:
+# Robertson's 18 entries 15 s, HIRES's 160 entries 72 s, against 7-30 s for a
+# discrete adjoint row), so the default rows include it only up to this.
+STIFF_FORWARD_MAX_ENTRIES = 50
 # Checkpoint count of the checkpointed variants in the default list.
 DEFAULT_CHECKPOINTS = 4
 
@@ -92,20 +97,20 @@ def _sizes(prob, wrt):
 
 
 def _forward_applicable(n_u, n_theta, alg) -> bool:
-    """Forward sensitivities by default: their tangents fit and ``alg`` is not stiff."""
-    return (n_u + n_theta) * n_u <= FORWARD_MAX_ENTRIES and not getattr(alg, "stiff", False)
+    """Forward sensitivities by default: their tangents fit (fewer with a stiff ``alg``)."""
+    limit = STIFF_FORWARD_MAX_ENTRIES if getattr(alg, "stiff", False) else FORWARD_MAX_ENTRIES
+    return (n_u + n_theta) * n_u <= limit
 
 
 def default_sensealgs(prob, wrt=("p",), alg=None) -> list:
     """Every algorithm applicable to ``prob``: ForwardSensitivity when its tangents fit
-    (``(len(u0) + len(θ)) * len(u0) <= FORWARD_MAX_ENTRIES``) and ``alg`` is not a stiff
-    method, then the discrete adjoint with and without checkpoints, backsolve, interpolating
-    (with and without checkpoints) and quadrature adjoints.
+    (``(len(u0) + len(θ)) * len(u0) <= FORWARD_MAX_ENTRIES``, or `STIFF_FORWARD_MAX_ENTRIES`
+    with a stiff ``alg``), then the discrete adjoint with and without checkpoints,
+    backsolve, interpolating (with and without checkpoints) and quadrature adjoints.
 
-    With a stiff method ForwardSensitivity is left out (name it in ``sensealgs`` to
-    include it): it compiles the augmented system's Jacobian of second derivatives, 124 s
-    of the 223 s that ``--problem=robertson --alg=Rodas5`` took with it, against 8-27 s
-    for each other row (as `sensode.default_sensealg` explains).
+    With a stiff method ForwardSensitivity is in the list for small problems only
+    (Robertson, Van der Pol; name it in ``sensealgs`` to include it for HIRES or POLLU):
+    its compile time grows with the number of state-tangent entries (HIRES: 72 s).
     """
     n_u, n_theta = _sizes(prob, wrt)
     algs = [ForwardSensitivity()] if _forward_applicable(n_u, n_theta, alg) else []
