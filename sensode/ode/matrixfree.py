@@ -64,8 +64,8 @@ class _Shifted:
     cannot build ("... is in list of internal_captures but not in
     internal_capture_to_output"). Gradients of ops recorded in the forward
     pass only use forward values, which the loop's gradient accumulates as
-    usual. The price is one evaluation of ``g`` per operator, pruned when
-    nothing asks for ``A^T``.
+    usual. The price is one evaluation of ``g`` per step whose result only a
+    backward pass uses.
     """
 
     def __init__(self, g: Callable, t, yv, inv_gh, transposable: bool = True):
