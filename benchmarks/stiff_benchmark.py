@@ -66,9 +66,12 @@ def vdp_np(mu):
 
 
 def hires_np():
-    prob = models.hires()
-    f = lambda t, u: prob.f(tf.constant(t, tf.float64), tf.constant(u), prob.p).numpy()  # noqa: E731
-    return f, None
+    """NumPy HIRES and its analytic Jacobian (the peers' `stiff_rhs`, written apart from sensode.models)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "peers"))
+    from stiff_rhs import hires_f, hires_jac
+
+    k = models.hires().p.numpy()
+    return (lambda t, u: np.asarray(hires_f(u, k))), (lambda t, u: hires_jac(u, k))
 
 
 def scipy_time(f, jac, u0, t1, rtol, atol, method):
