@@ -148,12 +148,14 @@ def test_default_sensealg_choices():
     assert isinstance(alg, sd.ForwardSensitivity) and "2 + 4" in reason
     alg, reason = sd.default_sensealg(sd.models.neural_ode_mlp())
     assert isinstance(alg, sd.DiscreteAdjoint) and ">" in reason
-    # A stiff method: never forward sensitivities (two to three times longer to compile), never backsolve.
+    # A stiff method: the same rule (forward sensitivities reuse the state's LU), never backsolve.
     for method in (sd.Rodas5(), sd.Kvaerno5(), sd.AutoTsit5Rodas5()):
         alg, reason = sd.default_sensealg(sd.models.robertson(), method)
+        assert isinstance(alg, sd.ForwardSensitivity) and "stiff" in reason and "3 + 3" in reason, reason
+        alg, reason = sd.default_sensealg(sd.models.neural_ode_mlp(), method)
         assert isinstance(alg, sd.DiscreteAdjoint) and "stiff" in reason, reason
-    alg, _ = sd.default_sensealg(sd.models.robertson(), sd.Tsit5())
-    assert isinstance(alg, sd.ForwardSensitivity)
+    alg, reason = sd.default_sensealg(sd.models.robertson(), sd.Tsit5())
+    assert isinstance(alg, sd.ForwardSensitivity) and "stiff" not in reason
 
 
 @pytest.mark.parametrize("k", [2, 4])
