@@ -248,6 +248,39 @@ def test_sensitivity_block_solve_equals_dense_augmented_solve():
     np.testing.assert_allclose(x.numpy(), want, rtol=1e-10, atol=1e-12 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("method", [sd.Rodas5, sd.Kvaerno5])
+def test_singular_first_step_is_rejected_and_gradients_stay_finite(method):
+    # u' = lam u with the first step h0 = 1 / (gamma lam): M = I/(gamma h0) - J is exactly zero. That
+    # attempt fails and is rejected; the rest of the solve succeeds, and the discrete adjoint's gradient
+    # (through the rejected branch's zero cotangent) is the closed form, not NaN (0 * NaN).
+    from sensode.ode import sdirk
+
+    lam, t1 = 1.0, 10.0
+    gamma = rosenbrock.Rodas5.gamma if method is sd.Rodas5 else sdirk._GAMMA
+    h0 = 1.0 / (gamma * lam)
+
+    @tf.function(jit_compile=True)
+    def run(lam_, u0):
+        with tf.GradientTape() as tape:
+            tape.watch([lam_, u0])
+            prob = sd.ODEProblem(lambda t, u, p: p * u, u0, (0.0, t1), lam_)
+            sol = sd.solve(prob, method(), dt=h0, saveat=tf.constant([t1], tf.float64), rtol=1e-8, atol=1e-10,
+                           sensealg=sd.DiscreteAdjoint(), throw=False)
+            loss = tf.reduce_sum(sol.u[-1])
+        f = lambda t, y: [lam_ * y[0]]  # noqa: E731  one bare step at h0: it fails
+        t0, y0 = tf.constant(0.0, tf.float64), [u0]
+        m = method()
+        step = m.step(f, t0, y0, f(t0, y0), tf.constant(h0, tf.float64), m.init(f, t0, y0, f(t0, y0)))
+        return sol.u, tape.gradient(loss, [lam_, u0]), sol.status, step.err[0]
+
+    u, (g_lam, g_u0), status, err = run(tf.constant(lam, tf.float64), tf.constant([1.0], tf.float64))
+    assert not np.all(np.isfinite(err.numpy()))  # the first attempt is a failure (NaN / inf error)
+    assert int(status) == 0
+    want = np.exp(lam * t1)
+    np.testing.assert_allclose(u.numpy()[-1], [want], rtol=1e-6)
+    np.testing.assert_allclose([g_lam.numpy(), g_u0.numpy()[0]], [t1 * want, want], rtol=1e-6)
+
+
 # ----------------------------------------------------------------- sensitivities on Robertson
 
 

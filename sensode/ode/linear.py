@@ -160,10 +160,17 @@ class Factorised:
 
     The factorisation is `sensode.linsolve.LU` (partial pivoting, an XLA
     path) without its condition estimate: an exactly singular ``M`` (a pivot
-    at the level of rounding) or a non-finite one gives NaN solutions, so the
-    loop rejects the step and shrinks ``h``; a merely ill-conditioned one
-    gives a large stage, which the error estimate rejects the same way (as in
+    at the level of rounding) or a non-finite one fails the step, so the
+    loop rejects it and shrinks ``h``; a merely ill-conditioned one gives a
+    large stage, which the error estimate rejects the same way (as in
     Hairer's RODAS and RADAU5, which test pivots only).
+
+    Failures. A failed solve (singular ``M``, or a non-finite solution)
+    returns zeros where its solution is not finite and is recorded:
+    `mark_failed` then makes the step's proposal NaN at the very end, and
+    `failed` tells a Newton iteration to stop. Every value the discrete
+    adjoint differentiates stays finite, so the zero cotangent of a rejected
+    step stays zero (``0 * NaN`` would make a successful solve's gradient NaN).
     """
 
     def __init__(self, jac, inv_gh):
@@ -174,30 +181,54 @@ class Factorised:
         # condition estimate: under XLA it cost 80% of a HIRES solve.
         factors = LU().factor(tf.stop_gradient(self.m)[None], estimate_condition=False)
         self.factors = tf.nest.map_structure(tf.stop_gradient, factors)
+        self.flags: list = [self.factors.singular[0]]
+
+    def failed(self, x):
+        """Whether ``M`` is singular or the solution ``x`` (a `solve` result's raw value) is not finite."""
+        return self.factors.singular[0] | ~tf.reduce_all(tf.math.is_finite(x))
+
+    def mark_failed(self, values: list) -> list:
+        """``values`` plus NaN where a solve of this step failed (a constant: gradients pass unchanged)."""
+        failed = tf.reduce_any(tf.stack(self.flags))
+        return [v + tf.stop_gradient(tf.where(failed, tf.constant(np.nan, v.dtype), tf.zeros([], v.dtype)))
+                for v in values]
 
     def solve(self, b):
         """``M^{-1} b`` for ``b`` ``[N]`` or ``[N, K]`` (``K`` right-hand sides at once).
 
-        Differentiable in ``M`` and ``b`` by the adjoint solve.
+        Differentiable in ``M`` and ``b`` by the adjoint solve. A failed solve
+        is recorded for `mark_failed` (see the class).
         """
+        x, ok = self.solve_checked(b)
+        self.flags.append(~ok)
+        return x
+
+    def solve_checked(self, b):
+        """``(x, ok)``: `solve` without recording (safe inside loops); ``x`` is finite."""
         factors = self.factors
         vec = b.shape.rank == 1
+        raw = []
 
         @tf.custom_gradient
         def run(m, rhs):
             x = LU().solve_factored(factors, rhs[None]).x[0]
+            raw.append(x)
+            x = tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
             def grad(gx):
                 gb = LU().solve_factored(factors, gx[None], transpose=True).x[0]
-                # A rejected step's zero cotangent stays zero even where M was singular.
+                # A rejected step's zero cotangent stays zero even where M was
+                # singular (its solution NaN): 0 * NaN would be NaN.
                 gb = tf.where(tf.math.is_finite(gb), gb, tf.zeros_like(gb))
                 xs = tf.stop_gradient(x)
+                xs = tf.where(tf.math.is_finite(xs), xs, tf.zeros_like(xs))
                 gm = -gb[:, None] * xs[None, :] if vec else -tf.matmul(gb, xs, transpose_b=True)
                 return gm, gb
 
             return x, grad
 
-        return run(self.m, b)
+        x = run(self.m, b)
+        return x, ~self.failed(raw[0])
 
 
 class SensitivitySystem:
@@ -255,10 +286,19 @@ class SensitivityFactorised:
                               yv[:n], with_t=False)
         self.state = Factorised(jac, inv_gh)
 
+    def mark_failed(self, values: list) -> list:
+        return self.state.mark_failed(values)
+
     def solve(self, b):
+        x, ok = self.solve_checked(b)
+        self.state.flags.append(~ok)
+        return x
+
+    def solve_checked(self, b):
+        """``(x, ok)`` without recording (safe inside a Newton loop); see `Factorised`."""
         n = self.n
-        x_u = self.state.solve(b[:n])
+        x_u, ok_u = self.state.solve_checked(b[:n])
         coupling = self.system.coupling(self.t, self.u, self.s, tf.reshape(x_u, self.u_shape))  # [M, *u]
         rhs = tf.transpose(tf.reshape(b[n:], [-1, n]) + tf.reshape(coupling, [-1, n]))  # [n, M]
-        x_s = self.state.solve(rhs)
-        return tf.concat([x_u, tf.reshape(tf.transpose(x_s), [-1])], axis=0)
+        x_s, ok_s = self.state.solve_checked(rhs)
+        return tf.concat([x_u, tf.reshape(tf.transpose(x_s), [-1])], axis=0), ok_u & ok_s

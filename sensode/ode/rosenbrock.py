@@ -165,10 +165,10 @@ class _Stiff(ODEMethod):
 
     @staticmethod
     def _finish(w, counters: StiffCounters, nsolve: int, values: list):
-        """Count a Rosenbrock step's solves; with `MatrixFree`, NaN ``values`` if a solve failed."""
+        """Count a Rosenbrock step's solves; NaN ``values`` if a solve failed (singular ``M``, Krylov)."""
         if isinstance(w, MatrixFree):
             return counters.add(nsolve=nsolve, nkrylov=w.total_iterations()), w.mark_failed(values)
-        return counters.add(njac=1, nlu=1, nsolve=nsolve), values
+        return counters.add(njac=1, nlu=1, nsolve=nsolve), w.mark_failed(values)
 
 
 _LINSOLVE_DOC = """

@@ -192,7 +192,9 @@ class Kvaerno5(_Stiff):
                 x, solved, kit = w.solve_checked(resid)
                 broken, nk = broken | ~solved, nk + kit
             else:
-                x = w.solve(resid)
+                # A singular M stops the stage likewise (x is then finite zeros).
+                x, solved = w.solve_checked(resid)
+                broken = broken | ~solved
             dz = -inv_gh * x  # (I - gh J)^{-1} = M^{-1} / (gh)
             size = tf.sqrt(tf.reduce_mean(tf.square(dz / (atol + rtol * tf.abs(z)))))
             ok = (size <= 1.0) & ~broken  # NaN (singular M, overflow) never converges
