@@ -111,8 +111,9 @@ def integrate_batched(
         parameters).
       compact: once at most ``max(B / 64, 4)`` samples are still running,
         gather them into a batch of that size and finish them there (static
-        ``B >= 16`` only). A few slow samples then cost a small part of the
-        batch per step instead of all of it; the results do not depend on it.
+        ``B >= 16`` only; `_COMPACT` lists the levels). A few slow samples
+        then cost a small part of the batch per step instead of all of it;
+        the results do not depend on it.
 
     Returns:
       `BatchedResult`.
@@ -135,27 +136,37 @@ def integrate_batched(
     ctx = _context(bind(args), method, options, dtype, t0, t1, saveat)
     s = _initial_state(ctx, options, y0, tf.convert_to_tensor(t0, dtype))
     batch = y0.shape[0]
-    small = None
+    sizes = []
     if compact and batch is not None and batch >= 4 * _MIN_COMPACT:
-        small = max(batch // _COMPACT, _MIN_COMPACT)
-    if small is None:
-        s = _run(ctx, s, lambda n_active: n_active > 0, options.max_steps)
-        return _finish(ctx, s)
-    # The full batch while more than `small` samples run, then those samples alone.
-    s = _run(ctx, s, lambda n_active: n_active > small, options.max_steps)
+        for c in _COMPACT:
+            size = max(batch // c, _MIN_COMPACT)
+            if size < (sizes[-1] if sizes else batch):
+                sizes.append(size)
+    return _finish(ctx, _run_compacting(ctx, s, args, bind, sizes, options.max_steps))
+
+
+def _run_compacting(ctx: _Ctx, s: _State, args, bind: Callable, sizes: list, max_steps: int) -> _State:
+    """Run the batch while more than ``sizes[0]`` samples run, then those samples alone (recursively)."""
+    if not sizes:
+        return _run(ctx, s, lambda n_active: n_active > 0, max_steps)
+    small = sizes[0]
+    s = _run(ctx, s, lambda n_active: n_active > small, max_steps)
     rows = tf.math.top_k(tf.cast(_running(ctx, s), tf.int32), k=small, sorted=False).indices
     take = lambda x: tf.gather(x, rows)  # noqa: E731
-    sub_ctx = ctx._replace(fn=bind(tf.nest.map_structure(take, args)))
-    sub = _run(sub_ctx, tf.nest.map_structure(take, s), lambda n_active: n_active > 0, options.max_steps)
-    s = tf.nest.map_structure(lambda x, y: tf.tensor_scatter_nd_update(x, rows[:, None], y), s, sub)
-    return _finish(ctx, s)
+    sub_args = tf.nest.map_structure(take, args)
+    sub = _run_compacting(ctx._replace(fn=bind(sub_args)), tf.nest.map_structure(take, s), sub_args, bind,
+                          sizes[1:], max_steps)
+    return tf.nest.map_structure(lambda x, y: tf.tensor_scatter_nd_update(x, rows[:, None], y), s, sub)
 
 
-# The compacted batch: B / 64 samples (at least 4). Measured at B = 4096 on
-# a batch with three samples needing 20,000 steps: B / 64 finishes it in 0.76 s,
-# B / 16 in 1.04 s (the tail's iterations cost less); on a homogeneous batch
-# both are equal.
-_COMPACT = 64
+# The compacted batches (each level a further while loop to compile): B / 64
+# samples (at least 4). Measured at B = 4096 on a batch with three samples
+# needing 20,000 steps: B / 64 finishes it in 0.76 s, B / 16 in 1.04 s (the
+# tail's iterations cost less); on a homogeneous batch both are equal. Two
+# levels, (8, 64), took that heterogeneous batch from 315 to 192 ms (load
+# 0.4-1.7) but cost a third compiled loop: a first call 2.3 -> 3.65 s, and
+# the Sobol benchmark end to end (N = 4096, compile included) 2.8 -> 4.0 s.
+_COMPACT = (64,)
 _MIN_COMPACT = 4
 
 
