@@ -12,12 +12,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-import scipy.linalg
 import tensorflow as tf
 
 import sensode as sd
 from sensode.ode.linear import WithJacobian
-from test_stiff import A_STIFF, ROBER_LOG, SENS_REF, SENS_TS, SENS_W, U0_LIN, _rober_flat, _rober_jac, _sens_grad
+from test_stiff import (A_STIFF, ROBER_LOG, SENS_REF, SENS_TS, SENS_W, U0_LIN, _rober_flat, _rober_jac, _sens_grad,
+                        assert_linear_against_expm)
 
 # ----------------------------------------------------------------- matrix-free Newton--Krylov (linsolve=GMRES(...))
 # Every solve with M = I/(gamma h) - J is a Krylov solve with J v by one JVP of f: no Jacobian, no LU. The
@@ -42,14 +42,7 @@ def test_krylov_linear_stiff_discrete_adjoint_xla_against_expm_and_frechet():
     u, (ga, gu0), stats = _krylov_linear_grads(tf.constant(A_STIFF), tf.constant(U0_LIN))
     assert int(stats["njac"]) == 0 and int(stats["nlu"]) == 0, stats  # never a Jacobian nor an LU
     assert int(stats["nsolve"]) == 8 * int(stats["steps"]) and int(stats["nkrylov"]) >= int(stats["nsolve"]), stats
-    w = np.array([1.0, -2.0, 0.5, 3.0])
-    np.testing.assert_allclose(u.numpy()[0], scipy.linalg.expm(0.5 * A_STIFF) @ U0_LIN, atol=1e-8)
-    np.testing.assert_allclose(u.numpy()[1], scipy.linalg.expm(A_STIFF) @ U0_LIN, atol=1e-8)
-    np.testing.assert_allclose(gu0.numpy(), scipy.linalg.expm(A_STIFF).T @ w, atol=1e-7)
-    want = np.array([[w @ scipy.linalg.expm_frechet(A_STIFF, np.outer(np.eye(4)[i], np.eye(4)[j]),
-                                                    compute_expm=False) @ U0_LIN for j in range(4)]
-                     for i in range(4)])
-    np.testing.assert_allclose(ga.numpy(), want, atol=1e-7)
+    assert_linear_against_expm(u, ga, gu0)
 
 
 @pytest.mark.parametrize("method,sensealg", [
