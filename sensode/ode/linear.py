@@ -30,7 +30,7 @@ from .. import tfcompat
 from ..nonlinear.linsolve import LU
 
 __all__ = ["Layout", "jacobian", "time_derivative", "WithJacobian", "SensitivitySystem", "Factorised",
-           "SensitivityFactorised", "UNROLL_UNDER_XLA"]
+           "SensitivityFactorised", "nan_if_failed", "UNROLL_UNDER_XLA"]
 
 # Under XLA, a discrete adjoint differentiates the Jacobian itself, and the
 # gradient of TF's vectorised (pfor) Jacobian has dynamic transposes that XLA
@@ -168,7 +168,7 @@ class Factorised:
     Failures. A failed solve (singular ``M``, or a non-finite solution)
     returns zeros where its solution is not finite and is recorded:
     `mark_failed` then makes the step's proposal NaN at the very end, and
-    `failed` tells a Newton iteration to stop. Every value the discrete
+    `solve_checked`'s flag tells a Newton iteration to stop. Every value the discrete
     adjoint differentiates stays finite, so the zero cotangent of a rejected
     step stays zero (``0 * NaN`` would make a successful solve's gradient NaN).
     """
@@ -181,17 +181,11 @@ class Factorised:
         # condition estimate: under XLA it cost 80% of a HIRES solve.
         factors = LU().factor(tf.stop_gradient(self.m)[None], estimate_condition=False)
         self.factors = tf.nest.map_structure(tf.stop_gradient, factors)
-        self.flags: list = [self.factors.singular[0]]
-
-    def failed(self, x):
-        """Whether ``M`` is singular or the solution ``x`` (a `solve` result's raw value) is not finite."""
-        return self.factors.singular[0] | ~tf.reduce_all(tf.math.is_finite(x))
+        self.flags: list = []  # one bool per recorded solve: it failed
 
     def mark_failed(self, values: list) -> list:
-        """``values`` plus NaN where a solve of this step failed (a constant: gradients pass unchanged)."""
-        failed = tf.reduce_any(tf.stack(self.flags))
-        return [v + tf.stop_gradient(tf.where(failed, tf.constant(np.nan, v.dtype), tf.zeros([], v.dtype)))
-                for v in values]
+        """``values``, NaN if a solve of this step failed (`nan_if_failed`)."""
+        return nan_if_failed(self.flags, values)
 
     def solve(self, b):
         """``M^{-1} b`` for ``b`` ``[N]`` or ``[N, K]`` (``K`` right-hand sides at once).
@@ -199,12 +193,15 @@ class Factorised:
         Differentiable in ``M`` and ``b`` by the adjoint solve. A failed solve
         is recorded for `mark_failed` (see the class).
         """
-        x, ok = self.solve_checked(b)
+        x, ok, _ = self.solve_checked(b)
         self.flags.append(~ok)
         return x
 
     def solve_checked(self, b):
-        """``(x, ok)``: `solve` without recording (safe inside loops); ``x`` is finite."""
+        """``(x, ok, 0)``: `solve` without recording (safe inside loops); ``x`` is finite.
+
+        The third entry (iterations) matches `MatrixFree.solve_checked`.
+        """
         factors = self.factors
         vec = b.shape.rank == 1
         raw = []
@@ -220,15 +217,28 @@ class Factorised:
                 # A rejected step's zero cotangent stays zero even where M was
                 # singular (its solution NaN): 0 * NaN would be NaN.
                 gb = tf.where(tf.math.is_finite(gb), gb, tf.zeros_like(gb))
-                xs = tf.stop_gradient(x)
-                xs = tf.where(tf.math.is_finite(xs), xs, tf.zeros_like(xs))
+                xs = tf.stop_gradient(x)  # finite (zeros where the solve failed)
                 gm = -gb[:, None] * xs[None, :] if vec else -tf.matmul(gb, xs, transpose_b=True)
                 return gm, gb
 
             return x, grad
 
         x = run(self.m, b)
-        return x, ~self.failed(raw[0])
+        ok = ~self.factors.singular[0] & tf.reduce_all(tf.math.is_finite(raw[0]))
+        return x, ok, tf.constant(0, tf.int32)
+
+
+def nan_if_failed(flags: list, values: list) -> list:
+    """``values`` plus NaN if any of ``flags`` (a step's failed solves) is True, else unchanged.
+
+    Added as a constant at the very end of a step, so gradients pass through
+    unchanged and everything the discrete adjoint differentiates stays finite.
+    """
+    if not flags:
+        return values
+    failed = tf.reduce_any(tf.stack(flags))
+    return [v + tf.stop_gradient(tf.where(failed, tf.constant(np.nan, v.dtype), tf.zeros([], v.dtype)))
+            for v in values]
 
 
 class SensitivitySystem:
@@ -290,15 +300,15 @@ class SensitivityFactorised:
         return self.state.mark_failed(values)
 
     def solve(self, b):
-        x, ok = self.solve_checked(b)
+        x, ok, _ = self.solve_checked(b)
         self.state.flags.append(~ok)
         return x
 
     def solve_checked(self, b):
-        """``(x, ok)`` without recording (safe inside a Newton loop); see `Factorised`."""
+        """``(x, ok, 0)`` without recording (safe inside a Newton loop); see `Factorised`."""
         n = self.n
-        x_u, ok_u = self.state.solve_checked(b[:n])
+        x_u, ok_u, _ = self.state.solve_checked(b[:n])
         coupling = self.system.coupling(self.t, self.u, self.s, tf.reshape(x_u, self.u_shape))  # [M, *u]
         rhs = tf.transpose(tf.reshape(b[n:], [-1, n]) + tf.reshape(coupling, [-1, n]))  # [n, M]
-        x_s, ok_s = self.state.solve_checked(rhs)
-        return tf.concat([x_u, tf.reshape(tf.transpose(x_s), [-1])], axis=0), ok_u & ok_s
+        x_s, ok_s, _ = self.state.solve_checked(rhs)
+        return tf.concat([x_u, tf.reshape(tf.transpose(x_s), [-1])], axis=0), ok_u & ok_s, tf.constant(0, tf.int32)

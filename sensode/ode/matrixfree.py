@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..nonlinear.linsolve import CG, GMRES, LU, BiCGStab
+from .linear import nan_if_failed
 
 __all__ = ["MatrixFree", "check_linsolve", "KRYLOV_SOLVERS"]
 
@@ -149,7 +150,7 @@ class MatrixFree:
     def solve(self, b):
         """``M^{-1} b`` for ``b`` ``[N]``; the convergence flag is kept for `mark_failed`."""
         x, ok, iters = self.solve_checked(b)
-        self.flags.append(ok)
+        self.flags.append(~ok)
         self.iterations.append(iters)
         return x
 
@@ -158,9 +159,5 @@ class MatrixFree:
         return tf.add_n(self.iterations) if self.iterations else tf.constant(0, tf.int32)
 
     def mark_failed(self, values: list) -> list:
-        """``values`` plus NaN where a recorded solve failed (a constant: gradients pass unchanged)."""
-        if not self.flags:
-            return values
-        failed = ~tf.reduce_all(tf.stack(self.flags))
-        return [v + tf.stop_gradient(tf.where(failed, tf.constant(np.nan, v.dtype), tf.zeros([], v.dtype)))
-                for v in values]
+        """``values``, NaN if a recorded solve failed (`sensode.ode.linear.nan_if_failed`)."""
+        return nan_if_failed(self.flags, values)

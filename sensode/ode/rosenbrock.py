@@ -139,17 +139,18 @@ class _Stiff(ODEMethod):
         the state's own ``n x n`` factorisation (`SensitivityFactorised`).
         """
         if self.linsolve is not None:
-            return MatrixFree(self.linsolve, g, t, yv, inv_gh), (time_derivative(g, t, yv) if with_t else None)
-        if isinstance(fn, SensitivitySystem):
-            return (SensitivityFactorised(fn, layout, t, yv, inv_gh),
-                    time_derivative(g, t, yv) if with_t else None)
-        if not isinstance(fn, WithJacobian):
+            w = MatrixFree(self.linsolve, g, t, yv, inv_gh)
+        elif isinstance(fn, SensitivitySystem):
+            w = SensitivityFactorised(fn, layout, t, yv, inv_gh)
+        elif isinstance(fn, WithJacobian):
+            jac = fn.jac(t, layout.unvec(yv))
+            if jac.shape != (layout.size, layout.size):
+                raise ValueError(f"`jac` must give a [{layout.size}, {layout.size}] matrix here, got {jac.shape}")
+            w = Factorised(jac, inv_gh)
+        else:  # df/dt comes with J, one more tangent of the same vectorised Jacobian
             jac, dt = jacobian(g, t, yv, with_t=with_t)
             return Factorised(jac, inv_gh), dt
-        jac = fn.jac(t, layout.unvec(yv))
-        if jac.shape != (layout.size, layout.size):
-            raise ValueError(f"`jac` must give a [{layout.size}, {layout.size}] matrix here, got {jac.shape}")
-        return Factorised(jac, inv_gh), (time_derivative(g, t, yv) if with_t else None)
+        return w, (time_derivative(g, t, yv) if with_t else None)
 
     # Methods are static keys (compiled-function caches, Keras configs): equal
     # when of one type with the same options.
@@ -167,8 +168,10 @@ class _Stiff(ODEMethod):
     def _finish(w, counters: StiffCounters, nsolve: int, values: list):
         """Count a Rosenbrock step's solves; NaN ``values`` if a solve failed (singular ``M``, Krylov)."""
         if isinstance(w, MatrixFree):
-            return counters.add(nsolve=nsolve, nkrylov=w.total_iterations()), w.mark_failed(values)
-        return counters.add(njac=1, nlu=1, nsolve=nsolve), w.mark_failed(values)
+            counters = counters.add(nsolve=nsolve, nkrylov=w.total_iterations())
+        else:
+            counters = counters.add(njac=1, nlu=1, nsolve=nsolve)
+        return counters, w.mark_failed(values)
 
 
 _LINSOLVE_DOC = """

@@ -182,19 +182,13 @@ class Kvaerno5(_Stiff):
     def _newton(self, g, t_i, base, z0, w, gh, rtol, atol):
         """Solve ``z = base + gh g(t_i, z)`` from ``z0``: ``(z, converged, iterations, krylov iterations)``."""
         inv_gh = 1.0 / gh
-        krylov = isinstance(w, MatrixFree)
 
         def body(it, z, done, broken, nk):
             resid = z - base - gh * g(t_i, z)
-            if krylov:
-                # A failed Krylov solve stops the stage (not converged): its
-                # finite last iterate keeps z finite for the discrete adjoint.
-                x, solved, kit = w.solve_checked(resid)
-                broken, nk = broken | ~solved, nk + kit
-            else:
-                # A singular M stops the stage likewise (x is then finite zeros).
-                x, solved = w.solve_checked(resid)
-                broken = broken | ~solved
+            # A failed solve (Krylov not converged, singular M) stops the stage
+            # (not converged): its finite x keeps z finite for the discrete adjoint.
+            x, solved, kit = w.solve_checked(resid)
+            broken, nk = broken | ~solved, nk + kit
             dz = -inv_gh * x  # (I - gh J)^{-1} = M^{-1} / (gh)
             size = tf.sqrt(tf.reduce_mean(tf.square(dz / (atol + rtol * tf.abs(z)))))
             ok = (size <= 1.0) & ~broken  # NaN (singular M, overflow) never converges
