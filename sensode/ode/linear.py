@@ -30,13 +30,19 @@ from .. import tfcompat
 from ..nonlinear.linsolve import LU
 
 __all__ = ["Layout", "jacobian", "time_derivative", "WithJacobian", "SensitivitySystem", "Factorised",
-           "SensitivityFactorised", "nan_if_failed", "UNROLL_UNDER_XLA"]
+           "SensitivityFactorised", "nan_if_failed", "UNROLL_UNDER_XLA", "INVERSE_UP_TO_UNDER_XLA"]
 
 # Under XLA, a discrete adjoint differentiates the Jacobian itself, and the
 # gradient of TF's vectorised (pfor) Jacobian has dynamic transposes that XLA
 # cannot compile. Up to this many states the Jacobian is instead built from
 # unrolled forward-mode JVPs (one per column), which compile either way.
 UNROLL_UNDER_XLA = 48
+# Under XLA, up to this size `Factorised` forms M^{-1} once (Gauss--Jordan,
+# `LU.inverse`) and applies it by matrix products. XLA expands each
+# triangular solve into a loop that inverts the factor's diagonal blocks
+# again on every call: a Rodas5 step on Robertson x 10 (N = 30) made 16 such
+# loops and took 0.31 ms, against 0.13 ms with the inverse.
+INVERSE_UP_TO_UNDER_XLA = 64
 
 
 class Layout:
@@ -159,7 +165,9 @@ class Factorised:
       inv_gh: scalar ``1 / (gamma h)``.
 
     The factorisation is `sensode.linsolve.LU` (partial pivoting, an XLA
-    path) without its condition estimate: an exactly singular ``M`` (a pivot
+    path) without its condition estimate; under XLA, up to
+    `INVERSE_UP_TO_UNDER_XLA` states, it is the explicit inverse from
+    `LU.inverse` (same pivots), applied by matrix products. An exactly singular ``M`` (a pivot
     at the level of rounding) or a non-finite one fails the step, so the
     loop rejects it and shrinks ``h``; a merely ill-conditioned one gives a
     large stage, which the error estimate rejects the same way (as in
@@ -179,8 +187,15 @@ class Factorised:
         # Stopped on the way out too: a Newton loop that captures the factors
         # would otherwise ask for the (undefined) gradient of the Lu op. No
         # condition estimate: under XLA it cost 80% of a HIRES solve.
-        factors = LU().factor(tf.stop_gradient(self.m)[None], estimate_condition=False)
-        self.factors = tf.nest.map_structure(tf.stop_gradient, factors)
+        m = tf.stop_gradient(self.m)
+        if n <= INVERSE_UP_TO_UNDER_XLA and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+            self.factors = None
+            inverse, singular = LU().inverse(m)
+            self.inverse, self.singular = tf.stop_gradient(inverse), tf.stop_gradient(singular)
+        else:
+            factors = LU().factor(m[None], estimate_condition=False)
+            self.factors = tf.nest.map_structure(tf.stop_gradient, factors)
+            self.inverse, self.singular = None, self.factors.singular[0]
         self.flags: list = []  # one bool per recorded solve: it failed
 
     def mark_failed(self, values: list) -> list:
@@ -202,18 +217,17 @@ class Factorised:
 
         The third entry (iterations) matches `MatrixFree.solve_checked`.
         """
-        factors = self.factors
         vec = b.shape.rank == 1
         raw = []
 
         @tf.custom_gradient
         def run(m, rhs):
-            x = LU().solve_factored(factors, rhs[None]).x[0]
+            x = self._apply(rhs, transpose=False)
             raw.append(x)
             x = tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
 
             def grad(gx):
-                gb = LU().solve_factored(factors, gx[None], transpose=True).x[0]
+                gb = self._apply(gx, transpose=True)
                 # A rejected step's zero cotangent stays zero even where M was
                 # singular (its solution NaN): 0 * NaN would be NaN.
                 gb = tf.where(tf.math.is_finite(gb), gb, tf.zeros_like(gb))
@@ -224,8 +238,16 @@ class Factorised:
             return x, grad
 
         x = run(self.m, b)
-        ok = ~self.factors.singular[0] & tf.reduce_all(tf.math.is_finite(raw[0]))
+        ok = ~self.singular & tf.reduce_all(tf.math.is_finite(raw[0]))
         return x, ok, tf.constant(0, tf.int32)
+
+    def _apply(self, b, transpose):
+        """``M^{-1} b`` (``M^{-T} b``) for ``b`` ``[N]`` or ``[N, K]``; NaN where ``M`` is singular."""
+        if self.inverse is None:
+            return LU().solve_factored(self.factors, b[None], transpose=transpose).x[0]
+        if b.shape.rank == 1:
+            return tf.linalg.matvec(self.inverse, b, transpose_a=transpose)
+        return tf.matmul(self.inverse, b, transpose_a=transpose)
 
 
 def nan_if_failed(flags: list, values: list) -> list:
