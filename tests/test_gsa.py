@@ -262,13 +262,15 @@ def test_native_loop_failures_are_per_sample(mode):
     _assert_matches_single(sol, p, max_steps=400)
 
 
-def test_native_loop_compacted_tail_matches_single_solves():
+@pytest.mark.parametrize("compact", [True, False])
+def test_native_loop_compacted_tail_matches_single_solves(compact):
     # B = 64: once at most 4 samples run, they finish in a compacted batch of 4
-    # (the slowest samples, and one that stops at max_steps, run there).
+    # (the slowest samples, and one that stops at max_steps, run there); without
+    # compaction the whole batch runs to the end, with the same results.
     p = np.asarray(LV.p)[None] * 10 ** np.random.default_rng(3).uniform(-0.5, 0.5, size=(64, 4))
     p[5] = [15.0, 0.5, 0.5, 0.4]
     opts = dict(OPTS, max_steps=400)
-    sol = gsa.solve_ensemble(LV, p=p, throw=False, **opts)
+    sol = gsa.solve_ensemble(LV, p=p, throw=False, compact=compact, **opts)
     steps = sol.stats["steps"].numpy()
     check = sorted(set(np.argsort(steps)[-4:]) | {0, 1, 5})
     assert int(sol.status[5]) == int(sd.Status.MAX_STEPS) and np.sum(sol.status.numpy() != 0) == 1
@@ -347,6 +349,7 @@ def test_shared_stepping_one_step_count():
         (dict(p=np.ones((3, 4)), stepping="local"), ValueError, "`stepping`"),
         (dict(p=np.ones((3, 4)), vectorize="loop"), ValueError, "`vectorize`"),
         (dict(p=np.ones((3, 4)), sensealg="adjoint"), TypeError, "`sensealg`"),
+        (dict(p=np.ones((3, 4)), compact="yes"), TypeError, "`compact`"),
         (dict(p=np.ones((3, 4)), alg=sd.Rosenbrock23(), vectorize="native"), ValueError, "explicit Runge-Kutta"),
     ],
 )

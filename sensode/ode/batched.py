@@ -142,20 +142,38 @@ def integrate_batched(
             size = max(batch // c, _MIN_COMPACT)
             if size < (sizes[-1] if sizes else batch):
                 sizes.append(size)
-    return _finish(ctx, _run_compacting(ctx, s, args, bind, sizes, options.max_steps))
+    step = _shared_step(ctx, bind, s, args) if sizes else (lambda s_, args_: _body(ctx, s_))
+    return _finish(ctx, _run_compacting(ctx, s, args, step, sizes, options.max_steps))
 
 
-def _run_compacting(ctx: _Ctx, s: _State, args, bind: Callable, sizes: list, max_steps: int) -> _State:
+def _shared_step(ctx: _Ctx, bind: Callable, s: _State, args) -> Callable:
+    """``step(s, args) -> s``: one traced loop body for the full and the compacted batches.
+
+    A graph function with the batch dimension left open, so each compaction
+    level's loop calls it instead of tracing the whole step again (XLA
+    inlines it: compile time is unchanged, tracing is paid once; on the
+    Sobol benchmark's Lotka--Volterra ensemble the trace took 1.3 s).
+    """
+    relax = lambda x: tf.TensorSpec([None] + x.shape[1:].as_list(), x.dtype)  # noqa: E731
+    signature = (tf.nest.map_structure(relax, s), tf.nest.map_structure(relax, args))
+
+    @tf.function(autograph=False, input_signature=signature)
+    def step(s_, args_):
+        return _body(ctx._replace(fn=bind(args_)), s_)
+
+    return step
+
+
+def _run_compacting(ctx: _Ctx, s: _State, args, step: Callable, sizes: list, max_steps: int) -> _State:
     """Run the batch while more than ``sizes[0]`` samples run, then those samples alone (recursively)."""
     if not sizes:
-        return _run(ctx, s, lambda n_active: n_active > 0, max_steps)
+        return _run(ctx, s, args, step, lambda n_active: n_active > 0, max_steps)
     small = sizes[0]
-    s = _run(ctx, s, lambda n_active: n_active > small, max_steps)
+    s = _run(ctx, s, args, step, lambda n_active: n_active > small, max_steps)
     rows = tf.math.top_k(tf.cast(_running(ctx, s), tf.int32), k=small, sorted=False).indices
     take = lambda x: tf.gather(x, rows)  # noqa: E731
     sub_args = tf.nest.map_structure(take, args)
-    sub = _run_compacting(ctx._replace(fn=bind(sub_args)), tf.nest.map_structure(take, s), sub_args, bind,
-                          sizes[1:], max_steps)
+    sub = _run_compacting(ctx, tf.nest.map_structure(take, s), sub_args, step, sizes[1:], max_steps)
     return tf.nest.map_structure(lambda x, y: tf.tensor_scatter_nd_update(x, rows[:, None], y), s, sub)
 
 
@@ -170,12 +188,16 @@ _COMPACT = (64,)
 _MIN_COMPACT = 4
 
 
-def _run(ctx: _Ctx, s: _State, go: Callable, max_steps: int) -> _State:
-    """Iterate while ``go(number of running samples)``."""
+def _run(ctx: _Ctx, s: _State, args, step: Callable, go: Callable, max_steps: int) -> _State:
+    """Iterate ``step(s, args)`` while ``go(number of running samples)``."""
     def cond(s):
         return go(tf.reduce_sum(tf.cast(_running(ctx, s), tf.int32)))
 
-    return tf.while_loop(cond, lambda s: (_body(ctx, s),), (s,), maximum_iterations=max_steps)[0]
+    def body(s):
+        out = step(s, args)
+        return (tf.nest.map_structure(lambda new, old: tf.ensure_shape(new, old.shape), out, s),)
+
+    return tf.while_loop(cond, body, (s,), maximum_iterations=max_steps)[0]
 
 
 def _context(fn, method, options, dtype, t0, t1, saveat) -> _Ctx:
