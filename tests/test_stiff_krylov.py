@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import sensode as sd
 from sensode.ode.linear import WithJacobian
-from test_stiff import (A_STIFF, ROBER_LOG, SENS_REF, SENS_TS, SENS_W, U0_LIN, _rober_flat, _rober_jac, _sens_grad,
+from stiff_references import (A_STIFF, ROBER_LOG, SENS_REF, SENS_TS, SENS_W, U0_LIN, _rober_flat, _rober_jac, _sens_grad,
                         assert_linear_against_expm)
 
 # ----------------------------------------------------------------- matrix-free Newton--Krylov (linsolve=GMRES(...))
