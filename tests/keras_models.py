@@ -1,6 +1,7 @@
 """Small Keras models shared by the Keras-layer tests."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -37,3 +38,22 @@ def mlp(width, dtype="float32", seed=0):
             keras.layers.Dense(width, kernel_initializer=init, dtype=dtype),
         ]
     )
+
+
+@keras.saving.register_keras_serializable(package="sensode_tests")
+class LinearCell(keras.layers.Layer):
+    """``cell(z, x) = z W + x``."""
+
+    def __init__(self, n, scale=0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.n, self.scale = n, scale
+
+    def build(self, z_shape, x_shape):
+        init = keras.initializers.RandomNormal(stddev=self.scale / np.sqrt(self.n), seed=1)
+        self.w = self.add_weight(name="w", shape=(self.n, self.n), initializer=init)
+
+    def call(self, z, x):
+        return tf.matmul(z, self.w) + x
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n, "scale": self.scale}

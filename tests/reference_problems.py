@@ -160,6 +160,15 @@ DECAY_U0 = np.array([1.0, -2.0])
 DECAY_W = np.array([0.3, 0.5])  # weight on u(t1)
 
 
+class Measured(dict):
+    """Relative errors by (test, algorithm), printed as they are recorded (``pytest -s`` shows them)."""
+
+    def __setitem__(self, key, errs):
+        super().__setitem__(key, errs)
+        text = ", ".join(f"{q} {e:.1e}" for q, e in errs.items()) if isinstance(errs, dict) else f"{errs:.1e}"
+        print(f"\nmeasured {'/'.join(key)}: {text}")
+
+
 def rel_err(x, ref):
     """``max |x - ref| / max |ref|`` (a relative error of the whole array)."""
     x = np.asarray(x, dtype=np.float64)
