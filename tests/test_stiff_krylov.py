@@ -2,8 +2,10 @@
 
 The same references as `test_stiff.py` (SciPy Radau with the forward
 sensitivity equations at rtol 1e-11, ``expm`` / ``expm_frechet`` for a linear
-system with eigenvalues from -1 to -1e6), shared from there; a file of its own
-so that the two run in separate processes (each stays under 4 GB).
+system with eigenvalues from -1 to -1e6), from `stiff_references.py`; files
+of their own so that they run in separate processes (the per-process memory
+bound). Robertson's gradients with Krylov solves for every algorithm are in
+`test_stiff_krylov_sensitivities.py`.
 """
 
 import os
@@ -16,8 +18,8 @@ import tensorflow as tf
 
 import sensode as sd
 from sensode.ode.linear import WithJacobian
-from stiff_references import (A_STIFF, ROBER_LOG, SENS_REF, SENS_TS, SENS_W, U0_LIN, _rober_flat, _rober_jac, _sens_grad,
-                        assert_linear_against_expm)
+from stiff_references import (A_STIFF, ROBER_LOG, SENS_REF, SENS_TS, SENS_W, U0_LIN, _rober_flat, _rober_jac,
+                              assert_linear_against_expm)
 
 # ----------------------------------------------------------------- matrix-free Newton--Krylov (linsolve=GMRES(...))
 # Every solve with M = I/(gamma h) - J is a Krylov solve with J v by one JVP of f: no Jacobian, no LU. The
@@ -43,17 +45,6 @@ def test_krylov_linear_stiff_discrete_adjoint_xla_against_expm_and_frechet():
     assert int(stats["njac"]) == 0 and int(stats["nlu"]) == 0, stats  # never a Jacobian nor an LU
     assert int(stats["nsolve"]) == 8 * int(stats["steps"]) and int(stats["nkrylov"]) >= int(stats["nsolve"]), stats
     assert_linear_against_expm(u, ga, gu0)
-
-
-@pytest.mark.parametrize("method,sensealg", [
-    (sd.Rodas5(linsolve=GMRES(restart=3)), sd.DiscreteAdjoint()),
-    (sd.Rodas5(linsolve=GMRES(restart=12)), sd.ForwardSensitivity()),  # Krylov on the whole augmented system
-    (sd.Rodas5(linsolve=GMRES(restart=3)), sd.InterpolatingAdjoint()),  # the backward adjoint ODE, matrix-free
-    (sd.Kvaerno5(linsolve=GMRES(restart=3)), sd.DiscreteAdjoint()),
-    (sd.Rodas5(linsolve=BiCGStab()), sd.DiscreteAdjoint()),
-], ids=["Rodas5-discrete", "Rodas5-forward", "Rodas5-interpolating", "Kvaerno5-discrete", "Rodas5-BiCGStab-discrete"])
-def test_krylov_robertson_sensitivities(method, sensealg):
-    np.testing.assert_allclose(_sens_grad(method, sensealg), SENS_REF, rtol=1e-5)
 
 
 def test_krylov_robertson_discrete_adjoint_variable_read_inside_f():
