@@ -134,6 +134,15 @@ def test_lu_inverse_against_numpy_and_pivot_test(mode, dtype):
             np.testing.assert_allclose(inv.numpy(), np.linalg.inv(a), rtol=rtol, atol=rtol * np.abs(np.linalg.inv(a)).max())
 
 
+def test_lu_inverse_rejects_what_it_cannot_invert():
+    with pytest.raises(ValueError, match="square"):
+        ls.LU().inverse(tf.ones([2, 3, 3], tf.float64))  # a batch: one matrix only
+    with pytest.raises(ValueError, match="square"):
+        ls.LU().inverse(tf.ones([2, 3], tf.float64))
+    with pytest.raises(TypeError, match="float"):
+        ls.LU().inverse(tf.ones([2, 2], tf.int32))
+
+
 def test_lu_nonfinite_matrix_is_singular():
     a = tf.constant([[[np.nan, 1.0], [0.0, 1.0]]], tf.float64)
     assert not ls.LU().solve(ls.MatrixOperator(a), tf.ones([1, 2], tf.float64)).converged.numpy()[0]

@@ -169,6 +169,11 @@ class LU(LinearSolver):
         pivots are those of the LU factorisation of the same shifted
         matrix); where it is True the inverse is NaN.
         """
+        a = tf.convert_to_tensor(a)
+        if a.shape.rank != 2 or a.shape[0] is None or a.shape[0] != a.shape[1]:
+            raise ValueError(f"`a` must be one square [n, n] matrix with a static n, got shape {a.shape}")
+        if not a.dtype.is_floating:
+            raise TypeError(f"`a` must be a float tensor, got {a.dtype.name}")
         n = a.shape[-1]
         dtype = a.dtype
         finite = tf.reduce_all(tf.math.is_finite(a))
