@@ -181,7 +181,7 @@ def _native_plan(prob, u0b, pb, opts):
     o = spec.options
     if not isinstance(alg, ExplicitRK) or o.rtol.shape.rank != 0 or o.atol.shape.rank != 0:
         return None
-    return alg, spec, ts, t0, t1, valid, opts.get("compact", True)
+    return alg, spec, ts, t0, t1, valid, opts["compact"]
 
 
 def _native_forward(plan, u0b, pb):

@@ -130,12 +130,7 @@ class LU(LinearSolver):
         not finite, and ``rcond`` is NaN (not estimated).
         """
         n = a.shape[-1]
-        eps = _eps(a.dtype)
-        finite = tf.reduce_all(tf.math.is_finite(a), axis=[-2, -1])
-        a = tf.where(finite[:, None, None], a, tf.eye(n, batch_shape=[1], dtype=a.dtype))
-        scale = tf.reduce_max(tf.abs(a), axis=[-2, -1])  # [B]
-        shift = eps * scale + np.finfo(a.dtype.as_numpy_dtype).tiny
-        a_shifted = a + shift[:, None, None] * tf.eye(n, dtype=a.dtype)
+        a_shifted, finite, scale = self._shifted(a)
         if tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
             lu, perm = _lu_xla(a_shifted)
         else:
@@ -143,7 +138,7 @@ class LU(LinearSolver):
         no = tf.zeros_like(finite)
         if not estimate_condition:
             pivot = tf.reduce_min(tf.abs(tf.linalg.diag_part(lu)), axis=-1)
-            singular = ~(pivot > self.rcond_threshold(n, a.dtype) * scale) | ~finite | tf.equal(scale, 0)
+            singular = self._pivot_singular(pivot, scale, finite, n)
             return LUFactors(lu, perm, singular, tf.fill(tf.shape(scale), tf.constant(np.nan, a.dtype)))
         raw = LUFactors(lu, perm, no, tf.ones_like(scale))
 
@@ -176,10 +171,7 @@ class LU(LinearSolver):
             raise TypeError(f"`a` must be a float tensor, got {a.dtype.name}")
         n = a.shape[-1]
         dtype = a.dtype
-        finite = tf.reduce_all(tf.math.is_finite(a))
-        a = tf.where(finite, a, tf.eye(n, dtype=dtype))
-        scale = tf.reduce_max(tf.abs(a))
-        shift = _eps(dtype) * scale + np.finfo(dtype.as_numpy_dtype).tiny
+        a_shifted, finite, scale = (x[0] for x in self._shifted(a[None]))
         rows = tf.range(n)
 
         def body(k, w, min_pivot):
@@ -196,12 +188,30 @@ class LU(LinearSolver):
             w = tf.where(tf.equal(rows, k)[:, None], pivot_row[None, :], w)
             return k + 1, w, min_pivot
 
-        w0 = tf.concat([a + shift * tf.eye(n, dtype=dtype), tf.eye(n, dtype=dtype)], axis=-1)  # [n, 2n]
+        w0 = tf.concat([a_shifted, tf.eye(n, dtype=dtype)], axis=-1)  # [n, 2n]
         inf = tf.constant(np.inf, dtype)
         _, w, min_pivot = tf.while_loop(lambda k, w, m: k < n, body, (tf.constant(0), w0, inf),
                                         maximum_iterations=n)
-        singular = ~(min_pivot > self.rcond_threshold(n, dtype) * scale) | ~finite | tf.equal(scale, 0)
+        singular = self._pivot_singular(min_pivot, scale, finite, n)
         return tf.where(singular, tf.constant(np.nan, dtype), w[:, n:]), singular
+
+    @staticmethod
+    def _shifted(a):
+        """``(A + shift I, finite, scale)`` for ``[B, n, n]``: non-finite systems replaced by ``I``.
+
+        ``scale = max |A|`` and ``shift = eps scale``: a zero pivot of an exactly
+        singular ``A`` becomes the shift, which the pivot test then catches.
+        """
+        n = a.shape[-1]
+        finite = tf.reduce_all(tf.math.is_finite(a), axis=[-2, -1])
+        a = tf.where(finite[:, None, None], a, tf.eye(n, batch_shape=[1], dtype=a.dtype))
+        scale = tf.reduce_max(tf.abs(a), axis=[-2, -1])  # [B]
+        shift = _eps(a.dtype) * scale + np.finfo(a.dtype.as_numpy_dtype).tiny
+        return a + shift[:, None, None] * tf.eye(n, dtype=a.dtype), finite, scale
+
+    def _pivot_singular(self, min_pivot, scale, finite, n: int):
+        """The pivot test without a condition estimate (`factor` and `inverse` share it)."""
+        return ~(min_pivot > self.rcond_threshold(n, scale.dtype) * scale) | ~finite | tf.equal(scale, 0)
 
     @staticmethod
     def _substitute(factors, rhs, transpose):
