@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from .params import Params
 
-__all__ = ["vjp", "batched_jvp", "batched_jvp_derivative", "map_batch", "graph_if_eager"]
+__all__ = ["vjp", "batched_jvp", "batched_jvp_derivative", "map_batch", "graph_if_eager", "traced_once"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -119,6 +119,22 @@ def graph_if_eager(fn):
     if tf.executing_eagerly():
         return tf.function(fn, reduce_retracing=True)
     return fn
+
+
+def traced_once(fn):
+    """``fn`` as one graph function, traced once and called at every use.
+
+    For the derivative products a solver evaluates at each stage of each
+    step (`batched_jvp` and friends): traced inline, every call site repeats
+    the forward-mode and pfor graph construction, which dominates the time
+    to build a solve (a Rodas5 step with forward sensitivities called pfor
+    20 times). A graph function is traced once per input signature and then
+    only called; XLA inlines the calls, so the compiled program is the same.
+    Eagerly it is `graph_if_eager`'s graph function. Only for functions
+    whose gradient a sensitivity method provides (no tape needs to see
+    inside them).
+    """
+    return tf.function(fn, reduce_retracing=True)
 
 
 def map_batch(fn, elems):

@@ -52,12 +52,15 @@ def assert_linear_against_expm(u, ga, gu0):
     w = np.array([1.0, -2.0, 0.5, 3.0])
     np.testing.assert_allclose(u.numpy()[0], scipy.linalg.expm(0.5 * A_STIFF) @ U0_LIN, atol=1e-8)
     np.testing.assert_allclose(u.numpy()[1], scipy.linalg.expm(A_STIFF) @ U0_LIN, atol=1e-8)
-    np.testing.assert_allclose(gu0.numpy(), scipy.linalg.expm(A_STIFF).T @ w, atol=1e-7)
+    # Gradients to 5e-7 (about 2e-6 relative): the discrete adjoint is the exact gradient of the computed
+    # solution, whose error at rtol 1e-9 was 1.4e-7 on the machine of 2 December (Kvaerno5, du0) and under
+    # 1e-7 on earlier ones. A wrong adjoint is off by orders of magnitude more.
+    np.testing.assert_allclose(gu0.numpy(), scipy.linalg.expm(A_STIFF).T @ w, atol=5e-7)
     # dL/dA_ij = w^T L(A, E_ij) u0 with L the Frechet derivative of expm.
     want = np.array([[w @ scipy.linalg.expm_frechet(A_STIFF, np.outer(np.eye(4)[i], np.eye(4)[j]),
                                                     compute_expm=False) @ U0_LIN for j in range(4)]
                      for i in range(4)])
-    np.testing.assert_allclose(ga.numpy(), want, atol=1e-7)
+    np.testing.assert_allclose(ga.numpy(), want, atol=5e-7)
 
 
 # ----------------------------------------------------------------- sensitivities on Robertson
@@ -88,7 +91,7 @@ SENS_REF = np.einsum("tij,i->j", _rober_sens_reference(100.0, SENS_TS), SENS_W)
 ROBER_LOG = models.robertson(log_rates=True, tspan=(0.0, 100.0))
 
 
-def _sens_grad(method, sensealg, prob=ROBER_LOG, ts=SENS_TS, rtol=1e-9, atol=1e-13, eager=False):
+def _sens_grad(method, sensealg, prob=ROBER_LOG, ts=SENS_TS, rtol=1e-9, atol=1e-13, eager=False, jit_compile=False):
     def run(q):
         with tf.GradientTape() as tape:
             tape.watch(q)
@@ -98,7 +101,7 @@ def _sens_grad(method, sensealg, prob=ROBER_LOG, ts=SENS_TS, rtol=1e-9, atol=1e-
         return tape.gradient(loss, q)
 
     # Eagerly, `solve` runs its own compiled program and the tape differentiates it.
-    return (run if eager else tf.function(run))(ROBER_LOG.p).numpy()
+    return (run if eager else tf.function(run, jit_compile=jit_compile))(ROBER_LOG.p).numpy()
 
 
 # ----------------------------------------------------------------- a user-supplied Jacobian

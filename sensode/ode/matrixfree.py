@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..nonlinear.linsolve import CG, GMRES, LU, BiCGStab
+from .. import tfcompat
 from .linear import nan_if_failed
 
 __all__ = ["MatrixFree", "check_linsolve", "KRYLOV_SOLVERS"]
@@ -82,11 +83,31 @@ class _Shifted:
     def dtype(self):
         return self.yv.dtype
 
-    def apply(self, v):
-        """``A v`` for ``v`` ``[N]``."""
+    def apply(self, v, recorded: bool = False):
+        """``A v`` for ``v`` ``[N]``.
+
+        ``recorded``: a tape will differentiate the product (the discrete
+        adjoint). Under XLA it is then two reverse passes (the JVP as the
+        VJP of a VJP) built in this graph: the forward-mode accumulator wraps
+        each op's JVP in a function call, and the gradient of such a call
+        receives the op's shape arguments (a slice's bounds) as run-time
+        values, which XLA rejects ("must be a compile-time constant"); the
+        two reverse passes compile to the same products.
+        """
+        zero = tf.UnconnectedGradients.ZERO
+        if recorded and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+            with tf.GradientTape(watch_accessed_variables=False) as outer:
+                with tf.GradientTape(watch_accessed_variables=False) as inner:
+                    inner.watch(self.yv)
+                    out = self.g(self.t, self.yv)
+                w = tf.zeros_like(out)
+                outer.watch(w)
+                wj = inner.gradient(out, self.yv, output_gradients=w, unconnected_gradients=zero)
+            jv = outer.gradient(wj, w, output_gradients=v, unconnected_gradients=zero)
+            return self.inv_gh * v - jv
         with tf.autodiff.ForwardAccumulator(self.yv, v) as acc:
             out = self.g(self.t, self.yv)
-        return self.inv_gh * v - acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return self.inv_gh * v - acc.jvp(out, unconnected_gradients=zero)
 
     def mv(self, v):
         return self.apply(v[0])[None]
@@ -132,7 +153,7 @@ class MatrixFree:
         finite = tf.math.is_finite(x_raw)
         ok = res.converged[0] & tf.reduce_all(finite)
         x_star = tf.stop_gradient(tf.where(finite, x_raw, tf.zeros_like(x_raw)))
-        mx = self.op.apply(x_star)  # recorded: carries dM x* to the tape
+        mx = self.op.apply(x_star, recorded=True)  # recorded: carries dM x* to the tape
 
         # The forward reads no variable (graph-mode custom_gradient would ask
         # for their gradients); the backward's VJPs may read them.

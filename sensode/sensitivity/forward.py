@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from ..derivatives import batched_jvp, batched_jvp_derivative, graph_if_eager
+from ..derivatives import batched_jvp, batched_jvp_derivative, traced_once
 from ..ode.linear import SensitivitySystem
 from ..params import Params
 from .base import ForwardPass, Gradients, SensitivityAlgorithm
@@ -103,13 +103,14 @@ def forward_solve(spec, u0, ts, t0, t1, p, variables):
         u, s = y
         return batched_jvp(spec.f, t, u, p, variables, s, p_tan, v_tan)
 
-    fn = graph_if_eager(rhs)
+    fn = traced_once(rhs)
     if spec.method.stiff:
         # The stiff methods solve with the state's own factorised matrix
         # (block lower-triangular augmented Jacobian), not an augmented LU.
         state_jac = None if spec.jac is None else (lambda t, u: spec.jac(t, u, p))
         fn = SensitivitySystem(fn, lambda t, u: spec.f(t, u, p), state_jac,
-                               lambda t, u, s, x: batched_jvp_derivative(spec.f, t, u, p, variables, s, p_tan, v_tan, x))
+                               traced_once(lambda t, u, s, x: batched_jvp_derivative(spec.f, t, u, p, variables, s,
+                                                                                      p_tan, v_tan, x)))
     max_steps = STEP_BUDGET_FACTOR * spec.options.max_steps
     res = spec.integrate(fn, (u0, s0), t0, t1, saveat=ts, max_steps=max_steps)
     return res, dirs
