@@ -62,9 +62,11 @@ REFERENCE_ATOL = 1e-12
 # this many state-tangent entries (M * len(u0)) it is not run (memory).
 FORWARD_MAX_ENTRIES = 2_000_000
 # With a stiff method every stage applies second derivatives of f to all M
-# directions; its compile time grows with M * len(u0) (plain graph, Rodas5:
-# Robertson's 18 entries 15 s, HIRES's 160 entries 72 s, against 7-30 s for a
-# discrete adjoint row), so the default rows include it only up to this.
+# directions; its run time grows with M * len(u0), and so did its compile time
+# (plain graph, Rodas5, first call: Robertson's 18 entries 9.9 s, HIRES's 160
+# entries 35.9 s before the augmented right-hand side was traced once per
+# solve, 5.1 and 15.1 s after, on 2 December 2026), so the default rows
+# include it only up to this.
 STIFF_FORWARD_MAX_ENTRIES = 50
 # Checkpoint count of the checkpointed variants in the default list.
 DEFAULT_CHECKPOINTS = 4
@@ -221,8 +223,14 @@ def _time_calls(fn, theta, reps):
     return statistics.median(times), out
 
 
-def _backward_nfe(sa, theta, build, prob, loss, alg, solve_kw, nfe_forward):
-    """(nfe_backward, note) following the convention of benchmarks/sensitivity_benchmark.py."""
+def _backward_nfe(sa, theta, build, prob, loss, alg, solve_kw, nfe_forward, counted=None):
+    """(nfe_backward, note) following the convention of benchmarks/sensitivity_benchmark.py.
+
+    ``counted``: a dict of backward counts by algorithm without checkpoints,
+    shared by the rows of one comparison: a checkpointed variant's backward
+    solve is its base algorithm's, so it is counted once (on POLLU in a
+    plain graph each count traces and runs a program of its own, ~13 s).
+    """
     if isinstance(sa, ForwardSensitivity):
         return 0, "0: no backward pass (each forward evaluation also carries len(u0)+len(θ) JVPs)"
     if isinstance(sa, DiscreteAdjoint):
@@ -230,6 +238,7 @@ def _backward_nfe(sa, theta, build, prob, loss, alg, solve_kw, nfe_forward):
             return 2 * nfe_forward, "2 x nfe_fwd: segments re-solved, then one VJP per evaluation"
         return nfe_forward, "= nfe_fwd: one VJP per forward evaluation (reverse sweep)"
     u0, p = build(theta, prob.u0.dtype)
+    base = type(sa)(rtol=sa.rtol, atol=sa.atol, alg=sa.alg, seminorm=sa.seminorm)
 
     @tf.function(autograph=False)
     def count():
@@ -238,14 +247,16 @@ def _backward_nfe(sa, theta, build, prob, loss, alg, solve_kw, nfe_forward):
             tape.watch(sol.u)
             value = loss(sol.u)
         g_u = tape.gradient(value, sol.u)
-        base = type(sa)(rtol=sa.rtol, atol=sa.atol, alg=sa.alg, seminorm=sa.seminorm)
         res = adjoint_sensitivities(sol, sensealg=base, dgdu_discrete=g_u, throw=False,
                                     **{k: v for k, v in solve_kw.items() if k != "saveat"})
         return res.stats["nfe"]
 
     note = "backward adjoint solve (adjoint_sensitivities stats"
     note += "; plus re-solving the forward segments, about nfe_fwd more)" if getattr(sa, "checkpoints", None) else ")"
-    return int(count()), note
+    counted = {} if counted is None else counted
+    if base not in counted:
+        counted[base] = int(count())
+    return counted[base], note
 
 
 def compare_sensitivities(
@@ -292,7 +303,8 @@ def compare_sensitivities(
         ``max(100 * max(rtol, atol), 1e3 * eps(dtype))``.
       finite_differences: add a central-difference row (float64, reference tolerances, step
         ``1e-4 * max(1, |θ_i|)``) when ``len(θ) <= fd_max_params``.
-      count_backward: run `adjoint_sensitivities` once per continuous adjoint for ``nfe_backward``.
+      count_backward: run `adjoint_sensitivities` once per continuous adjoint for ``nfe_backward``
+        (once for an algorithm and its checkpointed variant; not for a row whose gradient failed).
       progress: callable receiving one line of text per stage (e.g. ``print``).
 
     Returns:
@@ -341,7 +353,7 @@ def compare_sensitivities(
 
     device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
     memory_ok = _memory_measurable(device)
-    rows = []
+    rows, counted = [], {}  # counted: backward nfe by base algorithm (`_backward_nfe`)
     for i, sa in enumerate(sensealgs):
         name = sensealg_name(sa)
         say(f"[{i + 1}/{len(sensealgs)}] {name}: compiling{' (XLA)' if jit_compile else ''} ...")
@@ -366,8 +378,12 @@ def compare_sensitivities(
                 row.status = "failed: non-finite gradient"
             elif row.rel_error > tolerance:
                 row.status = "inaccurate"
-            if count_backward:
-                row.nfe_backward, row.nfe_note = _backward_nfe(sa, theta0, build, prob, loss, alg, kw, row.nfe_forward)
+            if count_backward and row.status.startswith("failed"):
+                # A count of a failed backward pass compares nothing, and it is a program of its own.
+                row.nfe_note = "not counted: the gradient failed"
+            elif count_backward:
+                row.nfe_backward, row.nfe_note = _backward_nfe(sa, theta0, build, prob, loss, alg, kw, row.nfe_forward,
+                                                               counted)
         except Exception as e:  # noqa: BLE001 -- one failing algorithm must not end the comparison
             row.status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         say(f"    rel_error={row.rel_error if row.rel_error is None else f'{row.rel_error:.2e}'} "
