@@ -121,12 +121,23 @@ def _rel_err(a, b):
     return float(tf.norm(tf.cast(a, tf.float64) - b) / (tf.norm(b) + 1e-300))
 
 
+_COMPUTED = {}
+
+
+def _layer_grads_once(case, sensealg, x, weights):
+    """`_layer_grads`, computed once per (case, algorithm) in this module (the inputs are the fixture's)."""
+    key = (case, repr(sensealg))
+    if key not in _COMPUTED:
+        _COMPUTED[key] = _layer_grads(case, sensealg, x, weights)
+    return _COMPUTED[key]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("sensealg", ALL_SENSEALGS, ids=lambda s: repr(s))
 def test_layer_gradients_match_reference(reference, case, sensealg):
     x, refs = reference
     out_ref, grads_ref, values = refs[case]
-    layer, out, grads = _layer_grads(case, sensealg, x, values)
+    layer, out, grads = _layer_grads_once(case, sensealg, x, values)
     np.testing.assert_allclose(out.numpy(), out_ref, rtol=1e-7, atol=1e-8)
     # Discrete adjoints are exact for the computed numbers; continuous ones
     # agree to the adjoint tolerance (here 1e-8), both then differ from RK4
@@ -142,8 +153,8 @@ def test_layer_gradients_match_reference(reference, case, sensealg):
 def test_layer_gradients_match_discrete_adjoint(reference, sensealg):
     x, refs = reference
     values = refs["time_seq_aug_t1"][2]
-    _, _, g_ref = _layer_grads("time_seq_aug_t1", sensode.DiscreteAdjoint(), x, values)
-    _, _, g = _layer_grads("time_seq_aug_t1", sensealg, x, values)
+    _, _, g_ref = _layer_grads_once("time_seq_aug_t1", sensode.DiscreteAdjoint(), x, values)
+    _, _, g = _layer_grads_once("time_seq_aug_t1", sensealg, x, values)
     # Checkpoints restart the solve at the cuts and forward sensitivities take
     # part in step-size control: every method computes slightly different
     # numbers, agreeing to the tolerance (1e-8).
