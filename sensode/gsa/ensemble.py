@@ -242,10 +242,13 @@ def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
 
     @tf.custom_gradient
     def run(u0b_, *leaves_b):
+        # Inputs cut from the caller's tapes: `grad` is the forward pass's only gradient, and a
+        # recording tape would make TF build the gradient of its loops (`sensitivity.base.differentiable`).
+        u0s, leaves_s = tf.stop_gradient(u0b_), [tf.stop_gradient(x) for x in leaves_b]
         if plan is not None:
-            u, status, stats = _native_forward(plan, u0b_, tf.nest.pack_sequence_as(structure, list(leaves_b)))
+            u, status, stats = _native_forward(plan, u0s, tf.nest.pack_sequence_as(structure, leaves_s))
         else:
-            u, status, stats = _vmap(forward_one, (u0b_, list(leaves_b)), fwd_sig, vectorize)
+            u, status, stats = _vmap(forward_one, (u0s, leaves_s), fwd_sig, vectorize)
         u = _nan_where_failed(u, status)
 
         def grad(g_u, *unused, variables=None):
