@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 
-__all__ = ["call_flat", "gradient_may_be_recorded", "in_xla_context", "runtime_started", "stop_recording"]
+__all__ = ["call_flat", "gradient_may_be_recorded", "in_xla_context", "only_first_order_gradients", "runtime_started",
+           "stop_recording"]
 
 
 def gradient_may_be_recorded() -> bool:
@@ -25,6 +26,27 @@ def gradient_may_be_recorded() -> bool:
         return True
     fn = getattr(record, "could_possibly_record", None)
     return True if fn is None else bool(fn())
+
+
+def only_first_order_gradients(tensors) -> bool:
+    """Whether no tape can take a second-order gradient through ops on ``tensors`` (a list of tensors) now.
+
+    Used to run a custom gradient's forward pass on inputs cut from the tapes
+    (`sensitivity.base.differentiable`): a tape that records it builds the
+    gradient of its while loops while tracing, which only a second-order
+    gradient (a persistent tape, nested tapes, a forward accumulator) can
+    need. No public API says which tapes watch a tensor. Fallback: False
+    (the forward pass stays recorded: slower to trace, never wrong).
+    """
+    try:
+        from tensorflow.python.ops import gradients_util
+    except ImportError:  # pragma: no cover
+        return False
+    fn = getattr(gradients_util, "PossibleTapeGradientTypes", None)
+    higher = getattr(gradients_util, "POSSIBLE_GRADIENT_TYPES_HIGHER_ORDER", None)
+    if fn is None or higher is None:  # pragma: no cover
+        return False
+    return fn(list(tensors)) != higher
 
 
 def in_xla_context(graph) -> bool:

@@ -6,7 +6,8 @@ integrating the forward sensitivity equations with hand-written Jacobians.
 solver's own output (fixed-step RK4, so the output is smooth in the inputs).
 Split from `test_sensitivities.py`; accuracy checks run under
 ``tf.function(jit_compile=True)``, one compile per algorithm shared through
-``functools.lru_cache``.
+``functools.lru_cache``. Also here: a second derivative through nested tapes
+(exponential decay, closed form).
 """
 
 from __future__ import annotations
@@ -218,3 +219,27 @@ def test_fixed_step_gradient_matches_finite_differences(name):
         fd[j] = (value(theta + e) - value(theta - e)) / (2 * h)
     grad = value_and_grad(tf.constant(theta))[1].numpy()
     MEASURED[("fd", name)] = assert_close(f"{name} vs central differences", grad, fd, 1e-7)
+
+
+@pytest.mark.parametrize("sensealg", [sd.ForwardSensitivity(), sd.DiscreteAdjoint(), sd.InterpolatingAdjoint()],
+                         ids=lambda a: type(a).__name__)
+def test_second_derivative_through_nested_tapes(sensealg):
+    # u' = -k u, L = u(1)^2 = exp(-2k): dL/dk = -2 exp(-2k), d2L/dk2 = 4 exp(-2k). The outer tape
+    # differentiates the custom gradient, whose saved forward data (e.g. the forward sensitivities)
+    # depend on k: the forward pass must stay recorded when a tape can take a second derivative.
+    prob = sd.ODEProblem(lambda t, u, p: -p * u, tf.constant([1.0], F64), (0.0, 1.0), tf.constant([0.7], F64))
+
+    @tf.function
+    def grads(k):
+        with tf.GradientTape() as outer:
+            outer.watch(k)
+            with tf.GradientTape() as inner:
+                inner.watch(k)
+                sol = sd.solve(prob.remake(p=k), sd.Tsit5(), rtol=1e-10, atol=1e-12, sensealg=sensealg)
+                loss = tf.reduce_sum(sol.u[-1] ** 2)
+            g = inner.gradient(loss, k)
+        return g, outer.gradient(g, k)
+
+    g, h = grads(tf.constant([0.7], F64))
+    np.testing.assert_allclose(g.numpy(), [-2.0 * np.exp(-1.4)], rtol=1e-7)
+    np.testing.assert_allclose(h.numpy(), [4.0 * np.exp(-1.4)], rtol=1e-6)

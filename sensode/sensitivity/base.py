@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from .. import tfcompat
 from ..derivatives import map_batch
 from ..ode.control import SolveOptions
 from ..ode.linear import WithJacobian
@@ -146,14 +147,19 @@ def differentiable(spec: Spec, algorithm, u0, ts, t0, t1, p):
     @tf.custom_gradient
     def run(u0_, ts_, t0_, *pf):
         pp = params.pack(pf)
-        # The forward pass is never differentiated by the caller's tapes (`grad`
-        # below is its gradient), but in a graph they record it, and a
-        # persistent tape (or two) makes TF build the gradient of each of its
-        # while loops as it is traced: the discrete adjoint's chunk loop on a
-        # 3-state linear problem, 8 of 10 s of tracing. Inputs cut from the
-        # tapes leave nothing for them to record (reads of variables in `f`
-        # still are).
-        cut = lambda x: tf.stop_gradient(x) if tf.is_tensor(x) else x  # noqa: E731
+        # A first-order gradient never differentiates the forward pass (`grad`
+        # below is its gradient), but in a graph the caller's tapes record
+        # it, at a cost in tracing. Inputs cut from the tapes leave nothing
+        # for them to record (reads of variables in `f` still are). Not when
+        # a tape may take a second-order gradient (a persistent tape, nested
+        # tapes): that differentiates `grad`, whose `fwd.aux` (e.g. the
+        # forward sensitivities) depends on the inputs through the forward
+        # pass. There TF also builds the gradient of each forward while loop
+        # as it is traced (the discrete adjoint's chunk loop on a 3-state
+        # linear problem: 8 of 10 s of tracing).
+        inputs = [x for x in (u0_, ts_, t0_, t1, *pf) if tf.is_tensor(x)]
+        first_order = tfcompat.only_first_order_gradients(inputs)
+        cut = lambda x: tf.stop_gradient(x) if first_order and tf.is_tensor(x) else x  # noqa: E731
         fwd = algorithm.forward(spec, cut(u0_), cut(ts_), cut(t0_), cut(t1), params.pack([cut(x) for x in pf]), f_vars)
 
         def grad(g_u, *unused, variables=None):
