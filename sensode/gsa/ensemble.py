@@ -242,8 +242,9 @@ def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
 
     @tf.custom_gradient
     def run(u0b_, *leaves_b):
-        # Inputs cut from the caller's tapes: `grad` is the forward pass's only gradient, and a
-        # recording tape would make TF build the gradient of its loops (`sensitivity.base.differentiable`).
+        # Inputs cut from the caller's tapes: nothing needs the forward pass recorded, even for a second
+        # derivative (`grad` re-solves from the original inputs and reads only `status`), and a persistent
+        # or nested tape would make TF build the gradient of its loops while tracing.
         u0s, leaves_s = tf.stop_gradient(u0b_), [tf.stop_gradient(x) for x in leaves_b]
         if plan is not None:
             u, status, stats = _native_forward(plan, u0s, tf.nest.pack_sequence_as(structure, leaves_s))

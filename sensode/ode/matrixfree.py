@@ -32,8 +32,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from ..nonlinear.linsolve import CG, GMRES, LU, BiCGStab
 from .. import tfcompat
+from ..nonlinear.linsolve import CG, GMRES, LU, BiCGStab
 from .linear import nan_if_failed
 
 __all__ = ["MatrixFree", "check_linsolve", "KRYLOV_SOLVERS"]

@@ -149,14 +149,14 @@ def differentiable(spec: Spec, algorithm, u0, ts, t0, t1, p):
         pp = params.pack(pf)
         # A first-order gradient never differentiates the forward pass (`grad`
         # below is its gradient), but in a graph the caller's tapes record
-        # it, at a cost in tracing. Inputs cut from the tapes leave nothing
-        # for them to record (reads of variables in `f` still are). Not when
-        # a tape may take a second-order gradient (a persistent tape, nested
-        # tapes): that differentiates `grad`, whose `fwd.aux` (e.g. the
-        # forward sensitivities) depends on the inputs through the forward
-        # pass. There TF also builds the gradient of each forward while loop
-        # as it is traced (the discrete adjoint's chunk loop on a 3-state
-        # linear problem: 8 of 10 s of tracing).
+        # it, at a cost in tracing (ForwardSensitivity's first call on
+        # Robertson or HIRES about 10% longer). Inputs cut from the tapes
+        # leave nothing for them to record (reads of variables in `f` still
+        # are). Not when a tape may take a second-order gradient (a
+        # persistent tape, nested tapes): that differentiates `grad`, whose
+        # `fwd.aux` (e.g. the forward sensitivities) depends on the inputs
+        # through the forward pass. There TF also builds the gradient of each
+        # forward while loop as it is traced (docs/architecture.md).
         inputs = [x for x in (u0_, ts_, t0_, t1, *pf) if tf.is_tensor(x)]
         first_order = tfcompat.only_first_order_gradients(inputs)
         cut = lambda x: tf.stop_gradient(x) if first_order and tf.is_tensor(x) else x  # noqa: E731
