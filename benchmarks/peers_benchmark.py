@@ -30,13 +30,21 @@ here, from `sensode.models`' NumPy initialisations):
   with ``RecursiveCheckpointAdjoint`` and ``BacksolveAdjoint``.
 * stiff, loss ``sum(u(t1)^2)``: ``robertson`` (t to 1e5, rtol 1e-6, atol
   1e-10, parameters ``log k``), ``van_der_pol_mu1000`` (t to 3000) and
-  ``hires`` (t to 321.8122), both rtol 1e-6, atol 1e-8. sensode `Rodas5`
+  ``hires`` (t to 321.8122), both rtol 1e-6, atol 1e-8; and
+  ``robertson_ngroups10`` / ``robertson_ngroups100``: Robertson duplicated
+  10 and 100 times (30 and 300 states, pydiffsol's scaling; the sensode state
+  ``[ngroups, 3]`` through `sensode.models.robertson`, the peers' a flat
+  group-major vector), the groups uncoupled, sharing the three ``log k`` (a
+  3-entry gradient), group ``g`` starting from ``[1 - 0.001 g / ngroups, 0,
+  0]`` so that no two groups are identical; same span and tolerances as
+  ``robertson``. ``robertson_ngroups100`` is off unless listed in
+  ``--workloads`` (sensode's calls take seconds there). sensode `Rodas5`
   (forward; gradient with `DiscreteAdjoint` and
   `QuadratureAdjoint` by default; ``--stiff_sensealgs`` adds `ForwardSensitivity`
   and `InterpolatingAdjoint`, which compile for minutes) against CasADi's CVODES
   (forward, forward sensitivities, adjoint) and SciPy ``Radau`` / ``BDF``
   with the analytic Jacobian (``Radau`` with forward sensitivities for the
-  gradient).
+  gradient; block diagonal and sparse for the duplicated Robertson).
 * ``fit_lotka_volterra``: ``examples/fit_lotka_volterra.py`` end to end (a
   fresh process: imports, compilation, fit) against SciPy ``least_squares``
   on the same data (``benchmarks/peers/scipy_peer.py``), also in a fresh
@@ -88,11 +96,15 @@ from sensode import models  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NONSTIFF = ("lotka_volterra", "neural_ode_mlp", "linear100")
-STIFF = ("robertson", "van_der_pol_mu1000", "hires")
+STIFF = ("robertson", "van_der_pol_mu1000", "hires", "robertson_ngroups10", "robertson_ngroups100")
+# robertson_ngroups100 only when asked: sensode's Rodas5 takes seconds a call there (6.4 s forward, 11-16 s
+# gradients on 2 December, load 2-3), minutes a round; robertson_ngroups10 adds about 3 minutes, mostly compilation.
+DEFAULT = NONSTIFF + STIFF[:4]
 ALL = NONSTIFF + STIFF + ("fit_lotka_volterra",)
 
 _PEERS = flags.DEFINE_string("peers_python", None, "Interpreter of the peers virtualenv (diffrax, jax, casadi, scipy).")
-_WORKLOADS = flags.DEFINE_list("workloads", list(NONSTIFF + STIFF), f"Any of {', '.join(ALL)}.")
+_WORKLOADS = flags.DEFINE_list("workloads", list(DEFAULT), f"Any of {', '.join(ALL)} (by default all but "
+                               "robertson_ngroups100 and fit_lotka_volterra).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds (times pooled over rounds).", lower_bound=1)
 _TARGET = flags.DEFINE_float("target_s", 0.4, "Aim for this many seconds of timed calls per measurement and round.")
 _MIN_REPS = flags.DEFINE_integer("min_reps", 3, "Fewest timed calls per measurement and round.", lower_bound=1)
@@ -111,6 +123,16 @@ _OUT = flags.DEFINE_string("out", "/tmp/sensode_peers", "Folder for the workload
 _REANALYZE = flags.DEFINE_list("reanalyze", [], "Recompute the ratio, accuracy and evaluation lines from the JSON "
                                 "lines of earlier runs (files; their gradient files must still exist) and exit.")
 _FIT_ROUNDS = flags.DEFINE_integer("fit_rounds", 1, "Rounds of the end-to-end fit comparison.", lower_bound=1)
+
+
+GROUPS = (10, 100)  # robertson_ngroups{n}
+
+
+def rober_groups_u0(n):
+    """[n, 3]: group g starts from [1 - 0.001 g / n, 0, 0] (group 0 is the standard problem)."""
+    u0 = np.zeros((n, 3))
+    u0[:, 0] = 1.0 - 1e-3 * np.arange(n) / n
+    return u0
 
 
 ACCURATE = 1e-3  # ".accurate" ratios: both gradients within this relative error of the reference
@@ -139,6 +161,10 @@ def workload_data() -> dict:
     d["lin_cfg"] = np.array([0.0, 1.0, 1e-6, 1e-8, 500.0])
     rob = models.robertson(log_rates=True)
     d["rober_u0"], d["rober_p"], d["rober_cfg"] = rob.u0.numpy(), rob.p.numpy(), np.array([0.0, 1e5, 1e-6, 1e-10, 20000.0])
+    for n in GROUPS:
+        grp = models.robertson(u0=rober_groups_u0(n), log_rates=True)
+        d[f"rober{n}_u0"], d[f"rober{n}_p"] = grp.u0.numpy().ravel(), grp.p.numpy()  # group-major, [3 n]
+        d[f"rober{n}_cfg"] = d["rober_cfg"]
     vdp = models.van_der_pol(mu=1000.0, tspan=(0.0, 3000.0))
     d["vdp_u0"], d["vdp_p"] = vdp.u0.numpy(), np.atleast_1d(vdp.p.numpy())
     d["vdp_cfg"] = np.array([0.0, 3000.0, 1e-6, 1e-8, 20000.0])
@@ -151,7 +177,8 @@ def workload_data() -> dict:
 
 MLP_KEYS = ("w0", "b0", "w1", "b1", "w2", "b2")
 PREFIX = {"lotka_volterra": "lv", "neural_ode_mlp": "mlp", "linear100": "lin", "robertson": "rober",
-          "van_der_pol_mu1000": "vdp", "hires": "hires"}
+          "van_der_pol_mu1000": "vdp", "hires": "hires", "robertson_ngroups10": "rober10",
+          "robertson_ngroups100": "rober100"}
 
 
 def problem(data, name):
@@ -173,6 +200,12 @@ def problem(data, name):
                 lambda g: [g])
     if name == "robertson":
         prob = models.robertson(u0=data["rober_u0"], tspan=(t0, t1), log_rates=True).remake(p=tf.constant(data["rober_p"]))
+    elif name.startswith("robertson_ngroups"):  # the state [ngroups, 3] (the peers' flat vector, group-major)
+        # At 300 states (above linear.UNROLL_UNDER_XLA) DiscreteAdjoint does not compile under XLA on 2 December:
+        # the pfor Jacobian's gradient of this f's u[..., i] slices (StridedSliceGrad with dynamic bounds); the
+        # same f with tf.unstack compiles. Reported as an error line, not skipped.
+        prob = models.robertson(u0=data[f"{pre}_u0"].reshape(-1, 3), tspan=(t0, t1), log_rates=True)
+        prob = prob.remake(p=tf.constant(data[f"{pre}_p"]))
     elif name == "van_der_pol_mu1000":
         prob = models.van_der_pol(mu=float(data["vdp_p"][0]), u0=data["vdp_u0"], tspan=(t0, t1))
         prob = prob.remake(p=tf.constant(data["vdp_p"]))  # p as a [1] vector, as the peers'

@@ -4,13 +4,18 @@
 
 See ``_harness.py`` for the modes and the JSON fields. Workloads (``stiff_rhs.py``,
 data from the shared ``.npz``): ``robertson`` (t to 1e5, rtol 1e-6, atol 1e-10,
-parameters ``log k``), ``van_der_pol_mu1000`` (t to 3000, parameter ``mu``)
+parameters ``log k``), ``robertson_ngroups10`` and ``robertson_ngroups100``
+(the same duplicated 10 and 100 times, 30 and 300 states, the three ``log k``
+shared by all groups; the SX right-hand side is the single-group formulas
+group by group), ``van_der_pol_mu1000`` (t to 3000, parameter ``mu``)
 and ``hires`` (t to 321.8122, the 12 rates), both at rtol 1e-6, atol 1e-8.
 Loss ``sum(u(t1)^2)``.
 
 * ``casadi.cvodes`` (forward): ``integrator('F', 'cvodes', dae, t0, t1)``,
-  BDF with Newton and a dense direct linear solver on CasADi's exact
-  symbolic Jacobian (CasADi's defaults), called numerically.
+  BDF with Newton and a direct linear solver on CasADi's exact symbolic
+  Jacobian (CasADi's defaults; its ``linear_solver`` ``qr`` is a sparse QR on
+  the Jacobian's pattern, so the duplicated Robertson's block diagonal is
+  exploited), called numerically.
 * ``casadi.cvodes.forward_sensitivity`` (gradient): an MX function of the
   parameters returning the loss and ``jtimes(loss, p, I, False)`` (one
   forward-sensitivity direction per parameter, CVODES's forward sensitivity

@@ -5,16 +5,20 @@ modes and the JSON fields):
 
     /work/peers-venv/bin/python benchmarks/peers/scipy_peer.py --data=/tmp/sensode_peers/workloads.npz
 
-* stiff forward (``robertson`` t to 1e5 rtol 1e-6 atol 1e-10, ``van_der_pol_mu1000``
-  t to 3000 and ``hires`` t to 321.8122 at rtol 1e-6 atol 1e-8):
-  ``solve_ivp`` ``Radau`` and ``BDF`` with the analytic Jacobian
-  (``stiff_rhs.py``); loss ``sum(u(t1)^2)``.
+* stiff forward (``robertson`` t to 1e5 rtol 1e-6 atol 1e-10, and the same
+  duplicated ``robertson_ngroups10`` / ``robertson_ngroups100``, 30 and 300
+  states; ``van_der_pol_mu1000`` t to 3000 and ``hires`` t to 321.8122 at
+  rtol 1e-6 atol 1e-8): ``solve_ivp`` ``Radau`` and ``BDF`` with the
+  analytic Jacobian (``stiff_rhs.py``; block diagonal and ``scipy.sparse``
+  for the duplicated Robertson, which SciPy then factors with ``splu``:
+  dense costs up to 5x more at 300 states); loss ``sum(u(t1)^2)``.
 * stiff gradient (``scipy.Radau.forward_sensitivity``): ``Radau`` on the state
   and its forward sensitivities ``S' = J S + f_p`` integrated together
   (``n (1 + m)`` equations, same tolerances, the Newton matrix block-diagonal
-  in ``J``, as CVODES's simultaneous corrector), ``dL/dp = 2 u(t1)^T S(t1)``.
-  Robertson's parameters are ``log k``; Van der Pol's ``mu``; HIRES's the 12
-  rate constants. ``evaluations``: ``nfev`` / ``njev`` of ``solve_ivp``.
+  in ``J``, as CVODES's simultaneous corrector; sparse for the duplicated
+  Robertson), ``dL/dp = 2 u(t1)^T S(t1)``. Robertson's parameters are ``log k``
+  (the duplicated ones: the same three, shared by every group); Van der
+  Pol's ``mu``; HIRES's the 12 rate constants. ``evaluations``: ``nfev`` / ``njev`` of ``solve_ivp``.
 * references (kind ``reference``): the same Radau sensitivities with rtol and
   atol 1e-4 times smaller, and Lotka--Volterra's ``dL/dp`` from DOP853
   sensitivities at rtol 1e-12 / atol 1e-14.
@@ -42,6 +46,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
+from scipy import sparse  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 from scipy.optimize import least_squares  # noqa: E402
 from _harness import main  # noqa: E402
@@ -84,6 +89,8 @@ def sensitivity_factory(name, tighten=1.0):
 
         def jz(t, z):
             j = jac(z[:n], p)
+            if sparse.issparse(j):  # robertson_ngroups*: S's block is kron(J, I_m) in this layout
+                return sparse.block_diag([j, sparse.kron(j, sparse.identity(m), format="csc")], format="csc")
             big = np.zeros((n * (1 + m), n * (1 + m)))
             big[:n, :n] = j
             # S is row-major [n, m]: column c of S has stride m.

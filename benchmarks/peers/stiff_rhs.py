@@ -3,7 +3,12 @@
 Shared by the SciPy and CasADi peers (CasADi builds its own symbolic
 expressions from the same formulas with ``xp=casadi``). Parameters as in
 `sensode.models`: Robertson ``log k`` (``robertson(log_rates=True)``), Van der
-Pol ``mu``, HIRES the 12 rate constants.
+Pol ``mu``, HIRES the 12 rate constants. ``robertson_ngroups10`` and
+``robertson_ngroups100``: Robertson duplicated 10 and 100 times (30 and 300
+states, group-major: ``u[3 g + i]`` is species ``i`` of group ``g``), the
+groups uncoupled and sharing the three ``log k``; their state Jacobian is
+block diagonal, returned as a ``scipy.sparse`` CSC matrix (SciPy's Radau
+and BDF then factor it with ``splu``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,45 @@ def rober_jac_p(u, p):  # d f / d log k
     y1, y2, y3 = u
     r1, r2, r3 = k1 * y1, k2 * y2 * y2, k3 * y2 * y3
     return np.array([[-r1, 0.0, r3], [r1, -r2, -r3], [0.0, r2, 0.0]])
+
+
+def rober_groups_f(u, p, xp=np):
+    """Robertson on ``ngroups = len(u) // 3`` uncoupled groups (group-major), rates ``exp(p)`` shared."""
+    if xp is not np:  # symbolic (CasADi): the single-group formulas, group by group
+        out = []
+        for g in range(u.shape[0] // 3):
+            out += rober_f(u[3 * g:3 * g + 3], p, xp=xp)
+        return out
+    k1, k2, k3 = np.exp(p)
+    y = np.reshape(u, (-1, 3))
+    r1, r2, r3 = k1 * y[:, 0], k2 * y[:, 1] ** 2, k3 * y[:, 1] * y[:, 2]
+    return np.stack([-r1 + r3, r1 - r2 - r3, r2], axis=1).ravel()
+
+
+def rober_groups_jac(u, p):
+    """Block diagonal, one ``rober_jac`` block per group, as a CSC matrix."""
+    from scipy import sparse
+
+    k1, k2, k3 = np.exp(p)
+    y = np.reshape(u, (-1, 3))
+    ng = y.shape[0]
+    y2, y3 = y[:, 1], y[:, 2]
+    blocks = np.zeros((ng, 3, 3))
+    blocks[:, 0, 0], blocks[:, 0, 1], blocks[:, 0, 2] = -k1, k3 * y3, k3 * y2
+    blocks[:, 1, 0], blocks[:, 1, 1], blocks[:, 1, 2] = k1, -2 * k2 * y2 - k3 * y3, -k3 * y2
+    blocks[:, 2, 1] = 2 * k2 * y2
+    return sparse.bsr_matrix((blocks, np.arange(ng), np.arange(ng + 1)), shape=(3 * ng, 3 * ng)).tocsc()
+
+
+def rober_groups_jac_p(u, p):  # d f / d log k, [3 ngroups, 3]
+    k1, k2, k3 = np.exp(p)
+    y = np.reshape(u, (-1, 3))
+    r1, r2, r3 = k1 * y[:, 0], k2 * y[:, 1] ** 2, k3 * y[:, 1] * y[:, 2]
+    jp = np.zeros((y.shape[0], 3, 3))
+    jp[:, 0, 0], jp[:, 0, 2] = -r1, r3
+    jp[:, 1, 0], jp[:, 1, 1], jp[:, 1, 2] = r1, -r2, -r3
+    jp[:, 2, 1] = r2
+    return jp.reshape(-1, 3)
 
 
 def vdp_f(u, p, xp=np):
@@ -93,6 +137,8 @@ def hires_jac_p(y, k):
 PROBLEMS = {
     # name: (f, jac, jac_p, data prefix)
     "robertson": (rober_f, rober_jac, rober_jac_p, "rober"),
+    "robertson_ngroups10": (rober_groups_f, rober_groups_jac, rober_groups_jac_p, "rober10"),
+    "robertson_ngroups100": (rober_groups_f, rober_groups_jac, rober_groups_jac_p, "rober100"),
     "van_der_pol_mu1000": (vdp_f, vdp_jac, vdp_jac_p, "vdp"),
     "hires": (hires_f, hires_jac, hires_jac_p, "hires"),
 }
