@@ -279,6 +279,34 @@ def test_native_loop_compacted_tail_matches_single_solves(compact):
                            p[check], max_steps=400)
 
 
+def test_ode_model_compacts_a_long_tail_only_when_one_appears():
+    # ODEModel without `compact`: the whole batch runs in one compiled loop; a
+    # second program (the slow samples compacted) is compiled only for a batch
+    # whose last samples still need many steps. Values as single solves either way.
+    states = lambda t, u: tf.reshape(u, [tf.shape(u)[0], -1])  # noqa: E731
+    model = gsa.ODEModel(LV, states, saveat=TS, rtol=1e-6, atol=1e-8, max_steps=400, batch_size=64)
+    resumes = model._f_resume.experimental_get_tracing_count
+
+    near = np.asarray(LV.p)[None] * 10 ** np.random.default_rng(4).uniform(-0.05, 0.05, size=(64, 4))
+    y = model(near)
+    assert resumes() == 0  # similar samples: their tail is short, no second program
+    for i in (0, 31, 63):
+        np.testing.assert_allclose(y[i], np.reshape(_single(near[i], max_steps=400).u, -1), rtol=1e-11, atol=1e-11)
+
+    far = _params(64, seed=3)
+    far[5] = [15.0, 0.5, 0.5, 0.4]  # stops at max_steps, long after the others
+    y = model(far)
+    assert resumes() == 1 and model.failed == 1
+    assert np.all(np.isnan(y[5]))
+    steps = gsa.solve_ensemble(LV, p=far, throw=False, **dict(OPTS, max_steps=400)).stats["steps"].numpy()
+    for i in sorted(set(np.argsort(steps)[-4:]) | {0, 1}):  # the compacted samples and two others
+        ref = _single(far[i], max_steps=400)
+        if int(ref.status) == 0:
+            np.testing.assert_allclose(y[i], np.reshape(ref.u, -1), rtol=1e-11, atol=1e-11)
+        else:
+            assert i == 5 and np.all(np.isnan(y[i]))
+
+
 def test_ensemble_in_tf_function_with_u0_batch():
     u0 = np.array([[1.0, 1.0], [0.5, 2.0], [2.0, 0.3]])
     sol = tf.function(lambda u0: gsa.solve_ensemble(LV, u0=u0, **OPTS))(tf.constant(u0))

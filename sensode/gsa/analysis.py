@@ -19,7 +19,7 @@ import tensorflow as tf
 import sensode as sd
 
 from . import estimators, sampling
-from .ensemble import solve_ensemble
+from .ensemble import _deferred_forward, solve_ensemble
 
 __all__ = ["DEFAULT_RANGES", "OUTPUTS", "ODEModel", "model_space", "named_output", "sobol", "morris", "dgsm"]
 
@@ -96,7 +96,13 @@ class ODEModel:
       progress: None, True (a line on stderr per chunk) or
         ``callable(done, total)``.
       **solve_options: ``alg``, ``saveat``, ``rtol``, ``atol``, ``max_steps``,
-        ``sensealg``, ``stepping``, ... of `solve_ensemble`.
+        ``sensealg``, ``stepping``, ``compact``, ... of `solve_ensemble`.
+        Without ``compact``, values (``model(theta)``) are computed in up to
+        two compiled programs: the whole chunk in one loop, which keeps
+        running while the samples still running are close to done; and,
+        compiled only when a chunk leaves slow samples far from done, those
+        samples finished in a compacted batch (see `solve_ensemble`'s
+        ``compact``). Gradients (`value_and_grad`) use ``compact=True``.
     """
 
     def __init__(self, prob, output="final", *, inputs=None, batch_size=4096, jit_compile=True, progress=None, **solve_options):
@@ -114,15 +120,33 @@ class ODEModel:
         self.solve_options = solve_options
         self._f = tf.function(self._values, jit_compile=jit_compile, autograph=False)
         self._fg = tf.function(self._values_and_grads, jit_compile=jit_compile, autograph=False)
+        # Without an explicit `compact`, values run in two programs: the whole batch (compiled at the first call)
+        # and, compiled only when some batch leaves a long tail of slow samples, that tail compacted.
+        self._deferred = "compact" not in solve_options
+        self._f_start = tf.function(lambda theta: self._values_deferred(theta, None), jit_compile=jit_compile, autograph=False)
+        self._f_resume = tf.function(self._values_deferred, jit_compile=jit_compile, autograph=False)
         self.failed = 0  # samples whose solve failed in the last call
 
-    def _values(self, theta):
+    def _u0_p(self, theta):
         if self.inputs is None:  # theta is p, reshaped to p's shape
-            u0, p = None, tf.reshape(theta, tf.concat([[-1], tf.shape(self.prob.p)], 0))
-        else:
-            u0, p = self.inputs(theta)
+            return None, tf.reshape(theta, tf.concat([[-1], tf.shape(self.prob.p)], 0))
+        return self.inputs(theta)
+
+    def _values(self, theta):
+        u0, p = self._u0_p(theta)
         sol = solve_ensemble(self.prob, u0, p, throw=False, **self.solve_options)
         return tf.cast(self.output(sol.t, sol.u), tf.float64), sol.status
+
+    def _values_deferred(self, theta, state):
+        u0, p = self._u0_p(theta)
+        sol, pending, state = _deferred_forward(self.prob, u0, p, state, **self.solve_options)
+        return tf.cast(self.output(sol.t, sol.u), tf.float64), sol.status, pending, state
+
+    def _values_staged(self, theta):
+        y, status, pending, state = self._f_start(theta)
+        if int(pending) > 0:
+            y, status, _, _ = self._f_resume(theta, state)
+        return y, status
 
     def _values_and_grads(self, theta):
         # Samples are independent: the gradient of the batch sum is the
@@ -168,7 +192,7 @@ class ODEModel:
 
     def __call__(self, theta):
         """``[N, D]`` -> ``[N, *out]`` outputs (NaN for failed samples)."""
-        return self._run(self._f, theta)[0]
+        return self._run(self._values_staged if self._deferred else self._f, theta)[0]
 
     def value_and_grad(self, theta):
         """``(y [N, *out], dy/dtheta [N, D, *out])``."""

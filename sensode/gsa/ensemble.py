@@ -44,7 +44,7 @@ import tensorflow as tf
 
 import sensode as sd
 from sensode.api import _prepare
-from sensode.ode.batched import integrate_batched
+from sensode.ode.batched import integrate_batched, resume_batched
 from sensode.ode.methods import ExplicitRK
 
 __all__ = ["EnsembleSolution", "solve_ensemble"]
@@ -184,8 +184,12 @@ def _native_plan(prob, u0b, pb, opts):
     return alg, spec, ts, t0, t1, valid, opts["compact"]
 
 
-def _native_forward(plan, u0b, pb):
-    """``(u [B, T, ...], status [B], stats)`` from `integrate_batched`."""
+def _native_forward(plan, u0b, pb, state=None):
+    """``(u [B, T, ...], status [B], stats, pending, state)`` from `integrate_batched`.
+
+    ``pending`` and ``state`` are those of ``compact="defer"`` (else None);
+    given a ``state``, `resume_batched` finishes that run.
+    """
     alg, spec, ts, t0, t1, valid, compact = plan
     batch = u0b.shape[0] if u0b.shape[0] is not None else tf.shape(u0b)[0]  # static where known
     state_shape = u0b.shape[1:].as_list() if u0b.shape[1:].is_fully_defined() else tf.shape(u0b)[1:]
@@ -209,13 +213,16 @@ def _native_forward(plan, u0b, pb):
         u = tf.reshape(y[0], tf.concat([[rows], state_shape], 0))
         return [tf.reshape(f_batched(t[:, 0], u, p), [rows, -1])]
 
-    res = integrate_batched(fn, tf.reshape(u0b, [batch, -1]), t0, t1, alg, spec.options, saveat=ts, args=pb,
-                            compact=compact)
+    if state is None:
+        res = integrate_batched(fn, tf.reshape(u0b, [batch, -1]), t0, t1, alg, spec.options, saveat=ts, args=pb,
+                                compact=compact)
+    else:
+        res = resume_batched(fn, state, t0, t1, alg, spec.options, saveat=ts, args=pb)
     u = tf.reshape(res.ys, tf.concat([[batch, tf.shape(ts)[0]], state_shape], 0))
     status = res.status
     if valid is not None:
         status = tf.where(valid, status, tf.constant(sd.Status.INVALID_INPUT, tf.int32))
-    return u, status, tuple(res.stats[k] for k in _STAT_KEYS)
+    return u, status, tuple(res.stats[k] for k in _STAT_KEYS), res.pending, res.state
 
 
 def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
@@ -247,7 +254,7 @@ def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
         # or nested tape would make TF build the gradient of its loops while tracing.
         u0s, leaves_s = tf.stop_gradient(u0b_), [tf.stop_gradient(x) for x in leaves_b]
         if plan is not None:
-            u, status, stats = _native_forward(plan, u0s, tf.nest.pack_sequence_as(structure, leaves_s))
+            u, status, stats = _native_forward(plan, u0s, tf.nest.pack_sequence_as(structure, leaves_s))[:3]
         else:
             u, status, stats = _vmap(forward_one, (u0s, leaves_s), fwd_sig, vectorize)
         u = _nan_where_failed(u, status)
@@ -429,3 +436,38 @@ def solve_ensemble(
                 )
         return sol
     return body(u0b, pb, t0, t1, ts)
+
+
+def _deferred_forward(prob, u0, p, state=None, **options):
+    """An ensemble's values (no gradient) in stages, for a driver in eager code (`ODEModel`).
+
+    ``options``: those of `solve_ensemble` except ``compact`` and ``throw``.
+    Returns ``(EnsembleSolution, pending, state)``. Without ``state``, the
+    native loop runs with ``compact="defer"`` (one loop to compile): when
+    ``pending`` (a ``[]`` int32) is 0 the solution is final; else call again
+    with the returned ``state`` (the same ``prob``, ``u0``, ``p`` and
+    options), which finishes the samples still running in a compacted batch:
+    a second program that is compiled only if some batch needs it. Where the
+    native loop does not apply (a stiff method, ``stepping="shared"``), the
+    result is `solve_ensemble`'s and ``pending`` is 0.
+    """
+    def plain():
+        return solve_ensemble(prob, u0, p, throw=False, **options), tf.constant(0, tf.int32), ()
+
+    if options.get("stepping", "per_sample") != "per_sample" or options.get("vectorize", "auto") not in ("auto", "native"):
+        return plain()
+    u0b, pb = _batch_inputs(prob, u0, p)
+    dtype = u0b.dtype
+    t0 = tf.cast(prob.tspan[0], dtype)
+    t1 = tf.cast(prob.tspan[1], dtype)
+    saveat = options.get("saveat")
+    ts = tf.stack([t0, t1]) if saveat is None else tf.cast(saveat, dtype)
+    solve_opts = dict(dt=options.get("dt"), rtol=options.get("rtol", 1e-3), atol=options.get("atol", 1e-6),
+                      max_steps=options.get("max_steps", 10000), dtmin=options.get("dtmin"), dtmax=options.get("dtmax"))
+    sub = sd.ODEProblem(prob.f, prob.u0, (t0, t1), prob.p)
+    plan = _native_plan(sub, u0b, pb, {"alg": options.get("alg"), "solve": dict(solve_opts, saveat=ts), "compact": "defer"})
+    if plan is None:
+        return plain()
+    u, status, stats, pending, state = _native_forward(plan, u0b, pb, state)
+    sol = EnsembleSolution(t=ts, u=_nan_where_failed(u, status), stats=dict(zip(_STAT_KEYS, stats)), status=status)
+    return sol, pending, state
