@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 
-__all__ = ["call_flat", "gradient_may_be_recorded", "in_xla_context", "only_first_order_gradients", "runtime_started",
-           "stop_recording"]
+__all__ = ["call_flat", "gradient_may_be_recorded", "in_xla_context", "only_first_order_gradients",
+           "register_missing_gradients", "runtime_started", "stop_recording"]
 
 
 def gradient_may_be_recorded() -> bool:
@@ -113,3 +113,37 @@ def runtime_started() -> bool:
     if ctx is None:
         return False
     return getattr(ctx, "_context_handle", True) is not None
+
+
+def register_missing_gradients() -> None:
+    """Give ``XlaDynamicUpdateSlice`` the gradient TensorFlow lacks (once; skipped if TF has one).
+
+    Under XLA the gradient of ``Slice`` (the gradient of ``tf.concat``) is an
+    ``XlaDynamicUpdateSlice``, which has no gradient: a third derivative of
+    an ``f`` that concatenates fails with "No gradient defined for operation
+    ... XlaDynamicUpdateSlice". A stiff method's discrete adjoint under XLA
+    needs exactly that: reverse mode through the Jacobian's forward-mode
+    JVPs (which TF builds from two reverse passes). The gradient: the update's
+    region of the incoming gradient goes to ``update``, the rest to
+    ``operand``. ``gen_xla_ops`` is private. Fallback: nothing registered
+    (that gradient then fails as before, loudly).
+    """
+    import tensorflow as tf
+
+    try:
+        from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+        from tensorflow.python.framework import ops
+    except ImportError:  # pragma: no cover
+        return
+    try:
+        ops.gradient_registry.lookup("XlaDynamicUpdateSlice")
+        return  # TensorFlow has one (or sensode registered it already)
+    except LookupError:
+        pass
+
+    @tf.RegisterGradient("XlaDynamicUpdateSlice")
+    def _dynamic_update_slice_grad(op, grad):
+        _, update, indices = op.inputs
+        d_operand = gen_xla_ops.xla_dynamic_update_slice(grad, tf.zeros_like(update), indices)
+        d_update = tf.slice(grad, indices, tf.shape(update, out_type=indices.dtype))
+        return d_operand, d_update, None

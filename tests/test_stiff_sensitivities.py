@@ -46,3 +46,33 @@ def test_auto_robertson_discrete_adjoint_graph_mode():
     # (docs/stiff.md, "Automatic switching").
     g = _sens_grad(sd.AutoTsit5Rodas5(), sd.DiscreteAdjoint(), rtol=1e-7, atol=1e-11)
     np.testing.assert_allclose(g, SENS_REF, rtol=1e-5)
+
+
+def test_discrete_adjoint_under_xla_of_f_that_slices_and_concatenates(monkeypatch):
+    # Reverse mode through the Jacobian under XLA: `f` built from slices and
+    # tf.concat needs a third derivative of Slice (XlaDynamicUpdateSlice, given a
+    # gradient by sensode) and, above `UNROLL_UNDER_XLA` states (lowered to 6
+    # here to keep the program small), a Jacobian whose gradient compiles for a
+    # slicing `f` (pfor's did not). Both failed to compile before (the first
+    # at any size). Reference: the closed form of u' = -k u, blockwise.
+    import tensorflow as tf
+
+    from sensode.ode import linear
+
+    monkeypatch.setattr(linear, "UNROLL_UNDER_XLA", 6)
+    n, half, T = 20, 10, 0.5
+    u0 = np.linspace(0.5, 1.5, n)
+    k = np.array([1.0, 4.0])
+    prob = sd.ODEProblem(lambda t, u, k: tf.concat([-k[0] * u[:half], -k[1] * u[half:]], axis=0),
+                         tf.constant(u0), (0.0, T), tf.constant(k))
+
+    @tf.function(jit_compile=True)
+    def grad(k):
+        with tf.GradientTape() as tape:
+            tape.watch(k)
+            sol = sd.solve(prob.remake(p=k), sd.Rosenbrock23(), rtol=1e-8, atol=1e-10, sensealg=sd.DiscreteAdjoint())
+            loss = tf.reduce_sum(sol.u[-1] ** 2)
+        return tape.gradient(loss, k)
+
+    exact = [np.sum(-2 * T * u0[:half] ** 2 * np.exp(-2 * k[0] * T)), np.sum(-2 * T * u0[half:] ** 2 * np.exp(-2 * k[1] * T))]
+    np.testing.assert_allclose(grad(tf.constant(k)).numpy(), exact, rtol=1e-5)

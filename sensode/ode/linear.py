@@ -21,6 +21,8 @@ linear solve).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable
 
 import numpy as np
@@ -29,7 +31,11 @@ import tensorflow as tf
 from .. import tfcompat
 from ..nonlinear.linsolve import LU
 
-__all__ = ["Layout", "jacobian", "time_derivative", "WithJacobian", "SensitivitySystem", "Factorised",
+# Reverse mode through the Jacobian's JVPs under XLA (the discrete adjoint) can need a third derivative of an `f`
+# that concatenates (`tfcompat.register_missing_gradients`).
+tfcompat.register_missing_gradients()
+
+__all__ = ["Layout", "jacobian", "differentiated_jacobians", "time_derivative", "WithJacobian", "SensitivitySystem", "Factorised",
            "SensitivityFactorised", "nan_if_failed", "UNROLL_UNDER_XLA", "INVERSE_UP_TO_UNDER_XLA"]
 
 # Under XLA, a discrete adjoint differentiates the Jacobian itself, and the
@@ -41,7 +47,10 @@ UNROLL_UNDER_XLA = 48
 # `LU.inverse`) and applies it by matrix products. XLA expands each
 # triangular solve into a loop that inverts the factor's diagonal blocks
 # again on every call: a Rodas5 step on Robertson x 10 (N = 30) made 16 such
-# loops and took 0.31 ms, against 0.13 ms with the inverse.
+# loops and took 0.31 ms, against 0.13 ms with the inverse. Tried above it:
+# the inverse from the LU factors (one substitution with N right-hand sides),
+# applied by products: a Rodas5 solve of Robertson x 100 (N = 300) went from
+# 9.7 to 15.2 s (2 December, load 3-4).
 INVERSE_UP_TO_UNDER_XLA = 64
 
 
@@ -82,6 +91,26 @@ class Layout:
         return [tf.reshape(x, [r] + s) for x, s in zip(parts, self.shapes)]
 
 
+_DIFFERENTIATED = threading.local()
+
+
+@contextlib.contextmanager
+def differentiated_jacobians():
+    """Within: `jacobian` builds Jacobians whose reverse mode compiles under XLA at any size.
+
+    The discrete adjoint re-runs its steps under a tape inside this context
+    (reverse mode through each step's Jacobian: second derivatives of ``f``).
+    Elsewhere, above `UNROLL_UNDER_XLA` states, the cheaper-to-compile
+    vectorised Jacobian is used.
+    """
+    before = getattr(_DIFFERENTIATED, "on", False)
+    _DIFFERENTIATED.on = True
+    try:
+        yield
+    finally:
+        _DIFFERENTIATED.on = before
+
+
 def jacobian(fn_vec: Callable, t, y, with_t: bool = True):
     """``(J, df/dt)`` of ``fn_vec(t, y) -> [N]`` at ``(t, y)`` (``y`` ``[N]``).
 
@@ -95,8 +124,11 @@ def jacobian(fn_vec: Callable, t, y, with_t: bool = True):
     # loop of reverse passes is far cheaper there. In graphs, pfor.
     pfor = not tf.executing_eagerly()
     n = y.shape[0]
-    if pfor and n <= UNROLL_UNDER_XLA and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
-        return _jacobian_unrolled(fn_vec, t, y, with_t)
+    if pfor and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+        if n <= UNROLL_UNDER_XLA:
+            return _jacobian_unrolled(fn_vec, t, y, with_t)
+        if getattr(_DIFFERENTIATED, "on", False):
+            return _jacobian_chunked(fn_vec, t, y, with_t)
     if not with_t:
         with tf.GradientTape(watch_accessed_variables=False, persistent=not pfor) as tape:
             tape.watch(y)
@@ -155,6 +187,40 @@ def _jacobian_unrolled(fn_vec, t, y, with_t):
             out = fn_vec(t, y)
         dfdt = acc.jvp(out, unconnected_gradients=zero)
     return tf.stack(cols, axis=1), dfdt
+
+
+def _jacobian_chunked(fn_vec, t, y, with_t):
+    """The forward-mode JVPs of `_jacobian_unrolled` in a `tf.while_loop`, `UNROLL_UNDER_XLA` columns per iteration.
+
+    For ``n > UNROLL_UNDER_XLA`` under XLA inside `differentiated_jacobians`
+    (the discrete adjoint's backward pass): the gradient of pfor's Jacobian does not
+    compile there for an ``f`` that slices its state (``u[..., i]``: pfor's
+    StridedSliceGrad takes run-time bounds), and unrolling ``n`` JVPs would
+    trace ``f`` ``n`` times.
+    """
+    n = y.shape[0]
+    chunks = -(-n // UNROLL_UNDER_XLA)
+    width = -(-n // chunks)  # columns per iteration; the last may run past n (zero tangents, dropped)
+    zero = tf.UnconnectedGradients.ZERO
+
+    def body(c, jt):
+        first = c * width
+        block = []
+        for i in range(width):
+            with tf.autodiff.ForwardAccumulator(y, tf.one_hot(first + i, n, dtype=y.dtype)) as acc:
+                out = fn_vec(t, y)
+            block.append(acc.jvp(out, unconnected_gradients=zero))
+        rows = (first + tf.range(width))[:, None]
+        return c + 1, tf.tensor_scatter_nd_update(jt, rows, tf.stack(block, axis=0))
+
+    jt0 = tf.zeros([chunks * width, n], y.dtype)  # J^T, one row per column of J
+    _, jt = tf.while_loop(lambda c, jt: c < chunks, body, (tf.constant(0), jt0), maximum_iterations=chunks)
+    dfdt = None
+    if with_t:
+        with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as acc:
+            out = fn_vec(t, y)
+        dfdt = acc.jvp(out, unconnected_gradients=zero)
+    return tf.transpose(jt[:n]), dfdt
 
 
 class Factorised:

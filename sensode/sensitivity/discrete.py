@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from ..ode.linear import differentiated_jacobians
 from ..ode.loop import Checkpoint, Stepper
 from ..params import Params
 from .base import ForwardPass, Gradients, SensitivityAlgorithm
@@ -117,7 +118,7 @@ class DiscreteAdjoint(SensitivityAlgorithm):
             """Re-run chunk ``j`` under a tape; pull ``a`` back to its start."""
             start = tf.nest.map_structure(lambda b: b[j], aux.starts)
             leaves = params.float_leaves
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
+            with tf.GradientTape(watch_accessed_variables=False) as tape, differentiated_jacobians():
                 tape.watch(start.y)
                 tape.watch(leaves)
                 for v in variables:
