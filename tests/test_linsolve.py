@@ -172,3 +172,32 @@ def test_invalid_options():
         ls.CG(rtol=-1.0)
     with pytest.raises(ValueError, match="MatrixOperator"):
         ls.MatrixOperator(tf.ones([3, 3]))
+
+
+def test_stiff_factorisation_above_the_inverse_limit_under_xla_against_numpy():
+    # Above INVERSE_UP_TO_UNDER_XLA states the stiff methods' `Factorised` solves by
+    # block substitution with the inverted diagonal blocks of the LU factors
+    # (70 states: a partial last block): M x = b and M^T x = b, one and several
+    # right-hand sides; NaN for an exactly singular M.
+    from sensode.ode.linear import INVERSE_UP_TO_UNDER_XLA, Factorised
+
+    rng = np.random.default_rng(0)
+    n = 70
+    assert n > INVERSE_UP_TO_UNDER_XLA
+    jac, inv_gh = rng.standard_normal((n, n)), 3.0
+    m = inv_gh * np.eye(n) - jac
+    blocked = []
+
+    def solves(j, b):
+        w = Factorised(j, tf.constant(inv_gh, tf.float64))
+        blocked.append(w.blocked is not None)
+        return [w._apply(b, t) for t in (False, True)]
+
+    run = tf.function(solves, jit_compile=True)
+    for b in (rng.standard_normal(n), rng.standard_normal((n, 5))):
+        x, xt = run(tf.constant(jac), tf.constant(b))
+        np.testing.assert_allclose(x, np.linalg.solve(m, b), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(xt, np.linalg.solve(m.T, b), rtol=1e-9, atol=1e-10)
+    assert blocked == [True, True]
+    singular = tf.function(lambda j, b: Factorised(j, tf.constant(3.0, tf.float64))._apply(b, False), jit_compile=True)
+    assert np.all(np.isnan(singular(tf.constant(3.0 * np.eye(70)), tf.constant(np.ones(70)))))

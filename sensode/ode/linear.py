@@ -262,6 +262,9 @@ class Factorised:
             factors = LU().factor(m[None], estimate_condition=False)
             self.factors = tf.nest.map_structure(tf.stop_gradient, factors)
             self.inverse, self.singular = None, self.factors.singular[0]
+        self.blocked = None
+        if self.factors is not None and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+            self.blocked = _BlockedSubstitution(self.factors.lu[0], self.factors.perm[0], self.singular)
         self.flags: list = []  # one bool per recorded solve: it failed
 
     def mark_failed(self, values: list) -> list:
@@ -309,11 +312,70 @@ class Factorised:
 
     def _apply(self, b, transpose):
         """``M^{-1} b`` (``M^{-T} b``) for ``b`` ``[N]`` or ``[N, K]``; NaN where ``M`` is singular."""
+        if self.blocked is not None:
+            return self.blocked.solve(b, transpose)
         if self.inverse is None:
             return LU().solve_factored(self.factors, b[None], transpose=transpose).x[0]
         if b.shape.rank == 1:
             return tf.linalg.matvec(self.inverse, b, transpose_a=transpose)
         return tf.matmul(self.inverse, b, transpose_a=transpose)
+
+
+class _BlockedSubstitution:
+    """Triangular solves with packed LU factors as products: the inverses of the diagonal blocks formed once.
+
+    Under XLA each `tf.linalg.triangular_solve` is expanded into a loop that
+    inverts the factor's diagonal blocks again on every call; a Rosenbrock
+    step solves many times with one factorisation. Here the inverses of the
+    ``BLOCK x BLOCK`` diagonal blocks of ``L`` and ``U`` are computed once per
+    factorisation, and each solve is block forward / back substitution: two
+    products per block (unrolled; ``N`` is static). NaN where ``singular``.
+    """
+
+    BLOCK = 32
+
+    def __init__(self, lu, perm, singular):
+        n = lu.shape[-1]
+        self.n, self.perm, self.singular = n, perm, singular
+        eye = tf.eye(n, dtype=lu.dtype)
+        self.lower = tf.linalg.band_part(lu, -1, 0) - tf.linalg.diag(tf.linalg.diag_part(lu)) + eye
+        self.upper = tf.linalg.band_part(lu, 0, -1)
+        self.blocks = [(i, min(i + self.BLOCK, n)) for i in range(0, n, self.BLOCK)]
+        self.inv_lower, self.inv_upper = [], []
+        for i0, i1 in self.blocks:
+            k = tf.eye(i1 - i0, dtype=lu.dtype)
+            self.inv_lower.append(tf.linalg.triangular_solve(self.lower[i0:i1, i0:i1], k, lower=True))
+            self.inv_upper.append(tf.linalg.triangular_solve(self.upper[i0:i1, i0:i1], k, lower=False))
+
+    def solve(self, b, transpose: bool):
+        vec = b.shape.rank == 1
+        x = b[:, None] if vec else b
+        blocks, lower, upper = self.blocks, self.lower, self.upper
+        if not transpose:  # M[perm] = L U: L y = P b, then U x = y
+            x = tf.gather(x, self.perm)
+            y = []
+            for j, (i0, i1) in enumerate(blocks):
+                r = x[i0:i1] if j == 0 else x[i0:i1] - tf.matmul(lower[i0:i1, :i0], tf.concat(y, 0))
+                y.append(tf.matmul(self.inv_lower[j], r))
+            z = [None] * len(blocks)
+            for j in reversed(range(len(blocks))):
+                i0, i1 = blocks[j]
+                r = y[j] if i1 == self.n else y[j] - tf.matmul(upper[i0:i1, i1:], tf.concat(z[j + 1:], 0))
+                z[j] = tf.matmul(self.inv_upper[j], r)
+            out = tf.concat(z, 0)
+        else:  # M^T = U^T L^T P: U^T w = b, L^T v = w, x = P^T v
+            w = []
+            for j, (i0, i1) in enumerate(blocks):
+                r = x[i0:i1] if j == 0 else x[i0:i1] - tf.matmul(upper[:i0, i0:i1], tf.concat(w, 0), transpose_a=True)
+                w.append(tf.matmul(self.inv_upper[j], r, transpose_a=True))
+            v = [None] * len(blocks)
+            for j in reversed(range(len(blocks))):
+                i0, i1 = blocks[j]
+                r = w[j] if i1 == self.n else w[j] - tf.matmul(lower[i1:, i0:i1], tf.concat(v[j + 1:], 0), transpose_a=True)
+                v[j] = tf.matmul(self.inv_lower[j], r, transpose_a=True)
+            out = tf.gather(tf.concat(v, 0), tf.argsort(self.perm))
+        out = tf.where(self.singular, tf.constant(np.nan, out.dtype), out)
+        return out[:, 0] if vec else out
 
 
 def nan_if_failed(flags: list, values: list) -> list:
