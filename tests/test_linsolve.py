@@ -201,3 +201,26 @@ def test_stiff_factorisation_above_the_inverse_limit_under_xla_against_numpy():
     assert blocked == [True, True]
     singular = tf.function(lambda j, b: Factorised(j, tf.constant(3.0, tf.float64))._apply(b, False), jit_compile=True)
     assert np.all(np.isnan(singular(tf.constant(3.0 * np.eye(70)), tf.constant(np.ones(70)))))
+
+
+def test_blocked_lu_under_xla_against_numpy():
+    # Above 128 rows the XLA LU works by panels (the last one partial at 130):
+    # P A = L U to rounding, |L| <= 1 (partial pivoting), with a zero leading
+    # pivot in one system of the batch; solves against numpy.
+    from sensode.nonlinear import lu as lu_mod
+
+    n = 130
+    assert n > lu_mod._LU_BLOCKED_ABOVE
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, n, n))
+    a[1, :, 0] = 0.0
+    a[1, 5, 0] = 1e-3  # the first column's pivot is far down
+    packed, perm = tf.function(lu_mod._lu_xla_blocked, jit_compile=True)(tf.constant(a))
+    packed, perm = packed.numpy(), perm.numpy()
+    for b in range(2):
+        lower, upper = np.tril(packed[b], -1) + np.eye(n), np.triu(packed[b])
+        np.testing.assert_allclose(lower @ upper, a[b][perm[b]], atol=1e-12 * np.abs(a[b]).max())
+    assert np.abs(np.tril(packed, -1)).max() <= 1.0
+    rhs = rng.standard_normal((n, 3))
+    x = tf.function(lambda m, r: ls.LU().solve(ls.MatrixOperator(m), r).x, jit_compile=True)(tf.constant(a[:1]), tf.constant(rhs[None]))
+    np.testing.assert_allclose(x[0], np.linalg.solve(a[0], rhs), rtol=1e-8, atol=1e-10)
