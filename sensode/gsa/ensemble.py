@@ -38,6 +38,7 @@ vectorise; its backward pass therefore always runs sample by sample
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import numpy as np
 import tensorflow as tf
@@ -462,8 +463,8 @@ def _deferred_forward(prob, u0, p, state=None, **options):
     t1 = tf.cast(prob.tspan[1], dtype)
     saveat = options.get("saveat")
     ts = tf.stack([t0, t1]) if saveat is None else tf.cast(saveat, dtype)
-    solve_opts = dict(dt=options.get("dt"), rtol=options.get("rtol", 1e-3), atol=options.get("atol", 1e-6),
-                      max_steps=options.get("max_steps", 10000), dtmin=options.get("dtmin"), dtmax=options.get("dtmax"))
+    defaults = inspect.unwrap(solve_ensemble).__kwdefaults__  # solve_ensemble's own defaults, not a copy
+    solve_opts = {k: options.get(k, defaults[k]) for k in ("dt", "rtol", "atol", "max_steps", "dtmin", "dtmax")}
     sub = sd.ODEProblem(prob.f, prob.u0, (t0, t1), prob.p)
     plan = _native_plan(sub, u0b, pb, {"alg": options.get("alg"), "solve": dict(solve_opts, saveat=ts), "compact": "defer"})
     if plan is None:

@@ -17,38 +17,13 @@ from .operators import LinearSolver, LinearSolveResult, _eps
 __all__ = ["LU", "LUFactors"]
 
 def _lu_xla(a):
-    """Partial-pivoting LU in a `tf.while_loop` (TF has no XLA kernel for ``Lu`` on CPU).
+    """Partial-pivoting LU of a ``[B, m, w]`` panel (``m >= w``; square for a whole matrix) in a `tf.while_loop`.
 
-    Returns ``(lu, perm)`` with the convention of `tf.linalg.lu`:
-    ``a[..., perm, :] = L U``. Zero pivots are replaced by 1 for the
-    elimination; the caller detects them from the diagonal of ``U``.
+    TF has no XLA kernel for ``Lu`` on CPU. Returns ``(lu, perm)`` with the
+    convention of `tf.linalg.lu`: ``a[..., perm, :] = L U`` (``L`` ``m x w``
+    unit lower, packed below the diagonal). Zero pivots are replaced by 1 for
+    the elimination; the caller detects them from the diagonal of ``U``.
     """
-    n = a.shape[-1]
-    rows = tf.range(n)
-    perm0 = tf.broadcast_to(rows, tf.shape(a)[:-1])
-
-    def body(k, a, perm):
-        col = tf.gather(a, k, axis=-1)  # [B, n]
-        cand = tf.where(rows >= k, tf.abs(col), -tf.ones_like(col))
-        p = tf.argmax(cand, axis=-1, output_type=tf.int32)  # [B]
-        idx = tf.where(rows == k, p[:, None], tf.where(rows == p[:, None], k, rows))
-        a = tf.gather(a, idx, batch_dims=1)
-        perm = tf.gather(perm, idx, batch_dims=1)
-        pivot = tf.gather(tf.gather(a, k, axis=-1), k, axis=-1)  # [B]
-        pivot = tf.where(tf.equal(pivot, 0), tf.ones_like(pivot), pivot)
-        below = rows > k
-        l = tf.where(below, tf.gather(a, k, axis=-1) / pivot[:, None], tf.zeros_like(col))  # [B, n]
-        urow = tf.where(below, tf.gather(a, k, axis=-2), tf.zeros_like(col))  # row k right of k
-        a = a - l[:, :, None] * urow[:, None, :]
-        a = tf.where(below[:, None] & tf.equal(rows, k)[None, :], l[:, :, None], a)
-        return k + 1, a, perm
-
-    _, lu, perm = tf.while_loop(lambda k, a, p: k < n, body, (0, a, perm0), maximum_iterations=n)
-    return lu, perm
-
-
-def _lu_panel(a):
-    """`_lu_xla` for a tall ``[B, m, w]`` panel (``m >= w``): ``(lu, perm)`` with ``a[..., perm, :] = L U``."""
     m, w = a.shape[-2], a.shape[-1]
     rows, cols = tf.range(m), tf.range(w)
     perm0 = tf.broadcast_to(rows, tf.shape(a)[:-1])
@@ -81,9 +56,9 @@ _LU_BLOCK = 32
 
 
 def _lu_xla_blocked(a, block: int = _LU_BLOCK):
-    """`_lu_xla` by panels: right-looking blocked LU with partial pivoting (Golub & Van Loan, Alg. 3.4.2).
+    """`_lu_xla` by panels of ``block`` columns: right-looking blocked LU with partial pivoting (Golub & Van Loan, Alg. 3.4.2).
 
-    Each panel of ``block`` columns is factorised by `_lu_panel` (rows from
+    Each panel of ``block`` columns is factorised by `_lu_xla` (rows from
     the panel's first down); its row swaps are applied to the columns left
     and right of it; the block row of ``U`` right of the panel is one
     triangular solve and the trailing matrix one matrix product. The panels
@@ -95,7 +70,7 @@ def _lu_xla_blocked(a, block: int = _LU_BLOCK):
     for k0 in range(0, n, block):
         k1 = min(k0 + block, n)
         w = k1 - k0
-        panel, p = _lu_panel(a[:, k0:, k0:k1])  # p permutes rows k0..n-1
+        panel, p = _lu_xla(a[:, k0:, k0:k1])  # p permutes rows k0..n-1
         left = tf.gather(a[:, k0:, :k0], p, batch_dims=1)
         right = tf.gather(a[:, k0:, k1:], p, batch_dims=1)
         perm = tf.concat([perm[:, :k0], tf.gather(perm[:, k0:], p, batch_dims=1)], axis=1)
