@@ -182,7 +182,7 @@ def _solve_ode(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, co
             if throw:
                 raise_if_failed(status, f"solve with {entry.alg!r}")
             return sol
-    alg, spec, ts, t0, t1, valid = _prepare(
+    alg, spec, ts, t0, t1, valid = prepare_ode_solve(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller, throw=throw,
     )
@@ -246,9 +246,9 @@ def _eager_compiled(name, prob, alg, spec, ts, t0, t1, saveat_is_none, static, b
 def _fast_call(name, prob, alg, static, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller, extra=()):
     """The cheap key of an eager compiled call (`compiled.fast_call`), or None.
 
-    Everything `_prepare` checks by type is in the key (an entry exists only
-    for a key whose call passed `_prepare`); what it checks by value is
-    compared with the values last validated for the entry.
+    Everything `prepare_ode_solve` checks by type is in the key (an entry
+    exists only for a key whose call passed `prepare_ode_solve`); what it
+    checks by value is compared with the values last validated for the entry.
     """
     if not isinstance(prob, ODEProblem):
         return None
@@ -273,8 +273,12 @@ def _mark_invalid(valid, u, status):
     return u, tf.where(bad, tf.constant(Status.INVALID_INPUT, tf.int32), status)
 
 
-def _prepare(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller, throw=True):
+def prepare_ode_solve(prob, alg, *, saveat, dt, rtol, atol, max_steps, dtmin, dtmax, controller, throw=True):
     """Validate an ODE solve's inputs, once for every entry point.
+
+    Internal API (not in ``__all__``): the entry points here and the
+    front-ends that build on one sample's solve (`sensode.gsa`'s ensembles)
+    call it, so that they check their inputs as `solve` does.
 
     Returns ``(alg, spec, ts, t0, t1, valid)``: ``valid`` is None when every
     check ran at trace time, else a boolean tensor of the run-time checks.
@@ -364,7 +368,7 @@ def forward_sensitivities(
             if throw:
                 raise_if_failed(res.status, "forward sensitivity solve")
             return res
-    alg, spec, ts, t0, t1, valid = _prepare(
+    alg, spec, ts, t0, t1, valid = prepare_ode_solve(
         prob, alg, saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
     )
@@ -456,7 +460,7 @@ def adjoint_sensitivities(
             if throw:
                 raise_if_failed(res.status, f"backward solve of {type(sensealg).__name__}")
             return res
-    alg, spec, ts, t0, t1, _ = _prepare(
+    alg, spec, ts, t0, t1, _ = prepare_ode_solve(
         sol.prob, alg, saveat=None, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps,
         dtmin=dtmin, dtmax=dtmax, controller=controller,
     )

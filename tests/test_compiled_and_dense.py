@@ -64,16 +64,16 @@ def _decay(tspan=(0.0, 2.0), p=0.7):
 
 @pytest.fixture
 def prepared(monkeypatch):
-    """Counts the eager calls that went through full validation (`_prepare`), i.e. missed the fast path."""
+    """Counts the eager calls that went through full validation (`prepare_ode_solve`), i.e. missed the fast path."""
     calls = []
-    prepare = sensode.api._prepare
+    prepare = sensode.api.prepare_ode_solve
 
     def counting(*args, **kwargs):
         if tf.executing_eagerly():  # not the traced solve inside the compiled function
             calls.append(1)
         return prepare(*args, **kwargs)
 
-    monkeypatch.setattr(sensode.api, "_prepare", counting)
+    monkeypatch.setattr(sensode.api, "prepare_ode_solve", counting)
     return calls
 
 

@@ -162,13 +162,13 @@ def test_default_sensealg_choices():
 def test_checkpointing_stores_k_states_independent_of_steps(k):
     # The forward pass keeps k loop states (one per chunk of iterations), however
     # many steps the solve takes.
-    from sensode.api import _prepare
+    from sensode.api import prepare_ode_solve
 
     counts = {}
     for t1 in (1.0, 10.0):
         prob = sd.models.exponential_decay(tspan=(0.0, t1))
-        _, spec, ts, t0, t1_, _ = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-8, atol=1e-10,
-                                           max_steps=1000, dtmin=None, dtmax=None, controller=None)
+        _, spec, ts, t0, t1_, _ = prepare_ode_solve(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-8, atol=1e-10,
+                                                    max_steps=1000, dtmin=None, dtmax=None, controller=None)
         fwd = sd.DiscreteAdjoint(checkpoints=k).forward(spec, prob.u0, ts, t0, t1_, prob.p, [])
         stats, states = fwd.stats, fwd.aux.starts.y[0]
         assert states.shape == [k] + prob.u0.shape.as_list()
@@ -177,11 +177,11 @@ def test_checkpointing_stores_k_states_independent_of_steps(k):
 
 
 def test_backsolve_keeps_no_dense_record():
-    from sensode.api import _prepare
+    from sensode.api import prepare_ode_solve
 
     prob = sd.models.exponential_decay()
-    _, spec, ts, t0, t1, _ = _prepare(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-6, atol=1e-8,
-                                      max_steps=200, dtmin=None, dtmax=None, controller=None)
+    _, spec, ts, t0, t1, _ = prepare_ode_solve(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-6, atol=1e-8,
+                                               max_steps=200, dtmin=None, dtmax=None, controller=None)
     assert sd.BacksolveAdjoint().forward(spec, prob.u0, ts, t0, t1, prob.p, []).aux.record is None
     assert sd.InterpolatingAdjoint().forward(spec, prob.u0, ts, t0, t1, prob.p, []).aux.record is not None
 

@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 import sensode as sd
-from sensode.api import _prepare
+from sensode.api import prepare_ode_solve
 from sensode.ode.batched import integrate_batched, resume_batched
 from sensode.ode.methods import ExplicitRK
 
@@ -178,7 +178,7 @@ def _native_plan(prob, u0b, pb, opts):
     methods with scalar tolerances.
     """
     single = sd.ODEProblem(prob.f, u0b[0], prob.tspan, tf.nest.map_structure(lambda x: x[0], pb))
-    alg, spec, ts, t0, t1, valid = _prepare(single, opts["alg"], controller=None, **opts["solve"])
+    alg, spec, ts, t0, t1, valid = prepare_ode_solve(single, opts["alg"], controller=None, **opts["solve"])
     o = spec.options
     if not isinstance(alg, ExplicitRK) or o.rtol.shape.rank != 0 or o.atol.shape.rank != 0:
         return None
