@@ -307,6 +307,53 @@ def test_ode_model_compacts_a_long_tail_only_when_one_appears():
             assert i == 5 and np.all(np.isnan(y[i]))
 
 
+def test_eager_ensemble_compacts_a_long_tail_only_when_one_appears(monkeypatch):
+    # solve_ensemble called eagerly with the default compact="auto" and no tape: one loop (compact="defer");
+    # the compacted tail (resume_batched) is a second program, traced only for a batch whose slow samples are
+    # far from done. Under a tape "auto" is compact=True. Values, statuses and stats are those of compact=True.
+    from sensode.gsa import ensemble
+
+    built = []  # the loops traced, in order (integrate_batched / resume_batched run only while tracing)
+    integrate, resume = ensemble.integrate_batched, ensemble.resume_batched
+    monkeypatch.setattr(ensemble, "_EAGER_CACHE", {})
+    monkeypatch.setattr(ensemble, "integrate_batched", lambda *a, **k: built.append(k["compact"]) or integrate(*a, **k))
+    monkeypatch.setattr(ensemble, "resume_batched", lambda *a, **k: built.append("resume") or resume(*a, **k))
+    opts = dict(OPTS, max_steps=400)
+
+    def assert_same(sol, ref):
+        np.testing.assert_array_equal(sol.status, ref.status)
+        for k in ("nfe", "steps", "accepted", "rejected"):
+            np.testing.assert_array_equal(sol.stats[k], ref.stats[k])
+        np.testing.assert_allclose(sol.u, ref.u, rtol=1e-12, atol=1e-12)  # NaN rows in the same places
+
+    near = np.asarray(LV.p)[None] * 10 ** np.random.default_rng(4).uniform(-0.05, 0.05, size=(64, 4))
+    sol = gsa.solve_ensemble(LV, p=near, **opts)
+    assert built == ["defer"]  # similar samples: their tail is short, one loop
+    pt = tf.constant(near)
+    with tf.GradientTape() as tape:
+        tape.watch(pt)
+        taped = gsa.solve_ensemble(LV, p=pt, **opts)
+        loss = tf.reduce_sum(taped.u[:, -1])
+    assert built == ["defer", True]  # a tape records: the program of compact=True
+    assert np.all(np.isfinite(tape.gradient(loss, pt)))
+    ref = gsa.solve_ensemble(LV, p=near, compact=True, **opts)
+    assert built == ["defer", True]  # the same program as under the tape
+    assert_same(sol, ref)
+    assert_same(taped, ref)
+    np.testing.assert_array_equal(sol.status, 0)
+
+    far = _params(64, seed=3)
+    far[5] = [15.0, 0.5, 0.5, 0.4]  # stops at max_steps, long after the others
+    sol = gsa.solve_ensemble(LV, p=far, throw=False, **opts)
+    assert built == ["defer", True, "resume"]  # the compacted tail, traced now
+    assert_same(sol, gsa.solve_ensemble(LV, p=far, throw=False, compact=True, **opts))
+    assert int(sol.status[5]) == int(sd.Status.MAX_STEPS) and np.sum(sol.status.numpy() != 0) == 1
+    assert np.all(np.isnan(sol.u[5]))
+    with pytest.raises(sd.SolverError, match="1 of 64 samples failed; sample 5: MAX_STEPS"):
+        gsa.solve_ensemble(LV, p=far, **opts)
+    assert built == ["defer", True, "resume"]  # nothing traced again
+
+
 def test_ensemble_in_tf_function_with_u0_batch():
     u0 = np.array([[1.0, 1.0], [0.5, 2.0], [2.0, 0.3]])
     sol = tf.function(lambda u0: gsa.solve_ensemble(LV, u0=u0, **OPTS))(tf.constant(u0))
@@ -377,7 +424,9 @@ def test_shared_stepping_one_step_count():
         (dict(p=np.ones((3, 4)), stepping="local"), ValueError, "`stepping`"),
         (dict(p=np.ones((3, 4)), vectorize="loop"), ValueError, "`vectorize`"),
         (dict(p=np.ones((3, 4)), sensealg="adjoint"), TypeError, "`sensealg`"),
-        (dict(p=np.ones((3, 4)), compact="yes"), TypeError, "`compact`"),
+        (dict(p=np.ones((3, 4)), compact="yes"), ValueError, "`compact`"),
+        (dict(p=np.ones((3, 4)), compact="defer"), ValueError, "`compact`"),
+        (dict(p=np.ones((3, 4)), compact=1), TypeError, "`compact`"),
         (dict(p=np.ones((3, 4)), alg=sd.Rosenbrock23(), vectorize="native"), ValueError, "explicit Runge-Kutta"),
     ],
 )

@@ -97,12 +97,13 @@ class ODEModel:
         ``callable(done, total)``.
       **solve_options: ``alg``, ``saveat``, ``rtol``, ``atol``, ``max_steps``,
         ``sensealg``, ``stepping``, ``compact``, ... of `solve_ensemble`.
-        Without ``compact``, values (``model(theta)``) are computed in up to
-        two compiled programs: the whole chunk in one loop, which keeps
-        running while the samples still running are close to done; and,
-        compiled only when a chunk leaves slow samples far from done, those
-        samples finished in a compacted batch (see `solve_ensemble`'s
-        ``compact``). Gradients (`value_and_grad`) use ``compact=True``.
+        With ``compact="auto"`` (the default), values (``model(theta)``)
+        are computed in up to two compiled programs: the whole chunk in one
+        loop, which keeps running while the samples still running are close
+        to done; and, compiled only when a chunk leaves slow samples far from
+        done, those samples finished in a compacted batch (see
+        `solve_ensemble`'s ``compact``). Gradients (`value_and_grad`) use
+        ``compact=True``.
     """
 
     def __init__(self, prob, output="final", *, inputs=None, batch_size=4096, jit_compile=True, progress=None, **solve_options):
@@ -120,9 +121,9 @@ class ODEModel:
         self.solve_options = solve_options
         self._f = tf.function(self._values, jit_compile=jit_compile, autograph=False)
         self._fg = tf.function(self._values_and_grads, jit_compile=jit_compile, autograph=False)
-        # Without an explicit `compact`, values run in two programs: the whole batch (compiled at the first call)
-        # and, compiled only when some batch leaves a long tail of slow samples, that tail compacted.
-        self._deferred = "compact" not in solve_options
+        # With compact="auto", values run in two programs: the whole batch (compiled at the first call) and,
+        # compiled only when some batch leaves a long tail of slow samples, that tail compacted.
+        self._deferred = solve_options.get("compact", "auto") == "auto"
         self._f_start = tf.function(lambda theta: self._values_deferred(theta, None), jit_compile=jit_compile, autograph=False)
         self._f_resume = tf.function(self._values_deferred, jit_compile=jit_compile, autograph=False)
         self.failed = 0  # samples whose solve failed in the last call

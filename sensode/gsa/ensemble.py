@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 import sensode as sd
+from sensode import tfcompat
 from sensode.api import prepare_ode_solve
 from sensode.ode.batched import integrate_batched, resume_batched
 from sensode.ode.methods import ExplicitRK
@@ -53,6 +55,7 @@ __all__ = ["EnsembleSolution", "solve_ensemble"]
 _STAT_KEYS = ("nfe", "steps", "accepted", "rejected")
 _STEPPING = ("per_sample", "shared")
 _VECTORIZE = ("auto", "native", "pfor", "map")
+_COMPACT = (True, False, "auto")
 
 
 def _in_xla_context() -> bool:
@@ -331,6 +334,13 @@ def _ensemble_graph(prob, u0b, pb, saveat, opts, sensealg, stepping, vectorize):
 _EAGER_CACHE: dict = {}
 
 
+class _Staged(NamedTuple):
+    """The two programs of an eager ``compact="auto"`` ensemble (`_deferred_forward`)."""
+
+    start: tf.types.experimental.GenericFunction  # the whole batch, one loop: (sol, pending, state)
+    resume: tf.types.experimental.GenericFunction  # traced only when some batch leaves samples pending
+
+
 @tf.autograph.experimental.do_not_convert  # plain TF control flow: AutoGraph would only cost tracing time
 def solve_ensemble(
     prob,
@@ -348,7 +358,7 @@ def solve_ensemble(
     sensealg=None,
     stepping: str = "per_sample",
     vectorize: str = "auto",
-    compact: bool = True,
+    compact: bool | str = "auto",
     throw: bool = True,
 ) -> EnsembleSolution:
     """Solve ``B`` copies of ``prob`` with their own ``u0`` and / or ``p``.
@@ -374,12 +384,19 @@ def solve_ensemble(
         under XLA and ``"pfor"`` elsewhere). The backward pass of a gradient
         maps a tape over the samples: ``"map"`` under XLA, else ``"pfor"``
         (``"map"`` / ``"pfor"`` given here are used as given).
-      compact: native loop only: once at most ``B / 64`` samples (at least
-        4) still run, finish them in a batch of that size (a few slow samples
-        then cost little per step; results do not depend on it). It is a
-        second compiled loop: False halves the XLA compile time (the Sobol
-        benchmark end to end 5.8 -> 3.9 s) at the price of running the whole
-        batch until its slowest sample is done.
+      compact: native loop only. True: once at most ``B / 64`` samples (at
+        least 4) still run, finish them in a batch of that size (a few slow
+        samples then cost little per step). It is a second loop in the same
+        program, compiled with it: False halves the XLA compile time (the
+        Sobol benchmark end to end 5.8 -> 3.9 s) at the price of running the
+        whole batch until its slowest sample is done. ``"auto"`` (default):
+        called eagerly with no gradient tape recording, the whole batch runs
+        in one program whose loop keeps going while the samples still
+        running are close to done, and a second program, compiled only when
+        a batch stops with slow samples far from done, finishes them
+        compacted (a homogeneous batch compiles one loop); inside
+        `tf.function` or under a tape it means True. The values, statuses
+        and per-sample stats do not depend on ``compact``.
       throw: in eager mode raise `sensode.SolverError` if any sample failed.
 
     Returns:
@@ -391,14 +408,17 @@ def solve_ensemble(
       SolverError: eager mode, ``throw=True`` and some sample failed.
 
     Eagerly the ensemble runs inside a cached `tf.function` (pfor needs a
-    graph); a new problem function or new options trace it again.
+    graph), or two with ``compact="auto"``; a new problem function or new
+    options trace it again.
     """
     if stepping not in _STEPPING:
         raise ValueError(f"`stepping` must be one of {list(_STEPPING)}, got {stepping!r}")
     if vectorize not in _VECTORIZE:
         raise ValueError(f"`vectorize` must be one of {list(_VECTORIZE)}, got {vectorize!r}")
-    if not isinstance(compact, bool):
-        raise TypeError(f"`compact` must be a bool, got {compact!r}")
+    if isinstance(compact, str) and compact not in _COMPACT:
+        raise ValueError(f"`compact` must be True, False or 'auto', got {compact!r}")
+    if not isinstance(compact, (bool, str)):
+        raise TypeError(f"`compact` must be True, False or 'auto', got {compact!r}")
     if sensealg is not None and not isinstance(
         sensealg, (sd.ForwardSensitivity, sd.DiscreteAdjoint, sd.BacksolveAdjoint, sd.InterpolatingAdjoint, sd.QuadratureAdjoint)
     ):
@@ -409,6 +429,11 @@ def solve_ensemble(
     t1 = tf.cast(prob.tspan[1], dtype)
     ts = tf.stack([t0, t1]) if saveat is None else tf.cast(saveat, dtype)
     solve_opts = dict(dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax)
+    # "auto" is deferred compaction only for eager code that can inspect a first run's result (the native loop's
+    # `pending`) before it runs a second program, and only without a tape: the deferred run has no gradient.
+    staged = (compact == "auto" and tf.executing_eagerly() and stepping == "per_sample"
+              and vectorize in ("auto", "native") and not tfcompat.gradient_may_be_recorded())
+    compact = True if compact == "auto" else compact
 
     def body(u0b, pb, t0, t1, ts):
         sub = sd.ODEProblem(prob.f, prob.u0, (tf.stop_gradient(t0), tf.stop_gradient(t1)), prob.p)
@@ -416,14 +441,30 @@ def solve_ensemble(
         u, status, stats = _ensemble_graph(sub, u0b, pb, ts, o, sensealg, stepping, vectorize)
         return EnsembleSolution(t=ts, u=u, stats=stats, status=status)
 
+    def staged_body(u0b, pb, t0, t1, ts, state):
+        sub = sd.ODEProblem(prob.f, prob.u0, (t0, t1), prob.p)
+        return _deferred_forward(sub, u0b, pb, state, alg=alg, saveat=ts, sensealg=sensealg, stepping=stepping,
+                                 vectorize=vectorize, **solve_opts)
+
     if tf.executing_eagerly():
-        key = (prob.f, repr(alg), repr(sensealg), stepping, vectorize, compact, repr(sorted((k, repr(v)) for k, v in solve_opts.items())))
+        key = (prob.f, repr(alg), repr(sensealg), stepping, vectorize, "staged" if staged else compact,
+               repr(sorted((k, repr(v)) for k, v in solve_opts.items())))
         fn = _EAGER_CACHE.get(key)
         if fn is None:
             if len(_EAGER_CACHE) > 32:
                 _EAGER_CACHE.clear()
-            fn = _EAGER_CACHE[key] = tf.function(body, autograph=False)
-        sol = fn(u0b, pb, t0, t1, ts)
+            if staged:
+                fn = _Staged(start=tf.function(lambda *args: staged_body(*args, None), autograph=False),
+                             resume=tf.function(staged_body, autograph=False))
+            else:
+                fn = tf.function(body, autograph=False)
+            _EAGER_CACHE[key] = fn
+        if staged:
+            sol, pending, state = fn.start(u0b, pb, t0, t1, ts)
+            if int(pending) > 0:  # slow samples far from done: the compacted tail, compiled only now
+                sol = fn.resume(u0b, pb, t0, t1, ts, state)[0]
+        else:
+            sol = fn(u0b, pb, t0, t1, ts)
         if throw:
             status = sol.status.numpy()
             bad = np.flatnonzero(status)
@@ -440,9 +481,10 @@ def solve_ensemble(
 
 
 def _deferred_forward(prob, u0, p, state=None, **options):
-    """An ensemble's values (no gradient) in stages, for a driver in eager code (`ODEModel`).
+    """An ensemble's values (no gradient) in stages, for eager drivers (`ODEModel`, ``compact="auto"``).
 
-    ``options``: those of `solve_ensemble` except ``compact`` and ``throw``.
+    ``options``: those of `solve_ensemble` except ``throw`` (``compact`` is
+    ignored).
     Returns ``(EnsembleSolution, pending, state)``. Without ``state``, the
     native loop runs with ``compact="defer"`` (one loop to compile): when
     ``pending`` (a ``[]`` int32) is 0 the solution is final; else call again
@@ -452,8 +494,8 @@ def _deferred_forward(prob, u0, p, state=None, **options):
     native loop does not apply (a stiff method, ``stepping="shared"``), the
     result is `solve_ensemble`'s and ``pending`` is 0.
     """
-    def plain():
-        return solve_ensemble(prob, u0, p, throw=False, **options), tf.constant(0, tf.int32), ()
+    def plain():  # compact=True: in a graph "auto" means that anyway, and eagerly it would come back here
+        return solve_ensemble(prob, u0, p, throw=False, **dict(options, compact=True)), tf.constant(0, tf.int32), ()
 
     if options.get("stepping", "per_sample") != "per_sample" or options.get("vectorize", "auto") not in ("auto", "native"):
         return plain()
