@@ -19,7 +19,7 @@ import tensorflow as tf
 import sensode as sd
 
 from . import estimators, sampling
-from .ensemble import _deferred_forward, solve_ensemble
+from .ensemble import deferred_forward, solve_ensemble
 
 __all__ = ["DEFAULT_RANGES", "OUTPUTS", "ODEModel", "model_space", "named_output", "sobol", "morris", "dgsm"]
 
@@ -140,7 +140,7 @@ class ODEModel:
 
     def _values_deferred(self, theta, state):
         u0, p = self._u0_p(theta)
-        sol, pending, state = _deferred_forward(self.prob, u0, p, state, **self.solve_options)
+        sol, pending, state = deferred_forward(self.prob, u0, p, state, **self.solve_options)
         return tf.cast(self.output(sol.t, sol.u), tf.float64), sol.status, pending, state
 
     def _values_staged(self, theta):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .ensemble import _STAT_KEYS, EnsembleSolution, _batch_inputs, solve_ensemble
+from .ensemble import STAT_KEYS, EnsembleSolution, batch_inputs, solve_ensemble
 
 __all__ = ["solve_ensemble_distributed"]
 
@@ -40,7 +40,7 @@ def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> En
         raise TypeError(f"`strategy` must be a tf.distribute.Strategy, got {type(strategy).__name__}")
     if "throw" in options:
         raise TypeError("`throw` is not an option here: read the per-sample status")
-    u0b, pb = _batch_inputs(prob, u0, p)
+    u0b, pb = batch_inputs(prob, u0, p)
     leaves = [u0b.numpy()] + [x.numpy() for x in tf.nest.flatten(pb)]
     batch = leaves[0].shape[0]
     replicas = strategy.num_replicas_in_sync
@@ -60,7 +60,7 @@ def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> En
         def replica_fn(values):
             u0s, ps = values[0], tf.nest.pack_sequence_as(pb, values[1:])
             sol = solve_ensemble(prob, u0s, ps, throw=False, **options)
-            return (sol.u, sol.status) + tuple(sol.stats[k] for k in _STAT_KEYS), sol.t
+            return (sol.u, sol.status) + tuple(sol.stats[k] for k in STAT_KEYS), sol.t
 
         return strategy.run(replica_fn, args=(values,))
 
@@ -73,4 +73,4 @@ def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> En
     else:  # several workers: all-gather across them
         outs = [strategy.gather(x, axis=0) for x in outs]
     outs = [x[:batch] for x in outs]
-    return EnsembleSolution(t=t, u=outs[0], status=outs[1], stats=dict(zip(_STAT_KEYS, outs[2:])))
+    return EnsembleSolution(t=t, u=outs[0], status=outs[1], stats=dict(zip(STAT_KEYS, outs[2:])))

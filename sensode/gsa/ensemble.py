@@ -51,8 +51,10 @@ from sensode.ode.batched import integrate_batched, resume_batched
 from sensode.ode.methods import ExplicitRK
 
 __all__ = ["EnsembleSolution", "solve_ensemble"]
+# Internal API of sensode.gsa (not in __all__): STAT_KEYS, batch_inputs (distributed.py), deferred_forward
+# (analysis.py's ODEModel).
 
-_STAT_KEYS = ("nfe", "steps", "accepted", "rejected")
+STAT_KEYS = ("nfe", "steps", "accepted", "rejected")
 _STEPPING = ("per_sample", "shared")
 _VECTORIZE = ("auto", "native", "pfor", "map")
 _COMPACT = (True, False, "auto")
@@ -112,7 +114,7 @@ class EnsembleSolution:
         )
 
 
-def _batch_inputs(prob, u0, p):
+def batch_inputs(prob, u0, p):
     """``(u0 [B, ...], p nest of [B, ...] leaves, B)`` with the non-given one broadcast."""
     if not isinstance(prob, sd.ODEProblem):
         raise TypeError(f"`prob` must be a sensode.ODEProblem, got {type(prob).__name__}")
@@ -226,7 +228,7 @@ def _native_forward(plan, u0b, pb, state=None):
     status = res.status
     if valid is not None:
         status = tf.where(valid, status, tf.constant(sd.Status.INVALID_INPUT, tf.int32))
-    return u, status, tuple(res.stats[k] for k in _STAT_KEYS), res.pending, res.state
+    return u, status, tuple(res.stats[k] for k in STAT_KEYS), res.pending, res.state
 
 
 def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
@@ -249,7 +251,7 @@ def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
     def forward_one(args):
         u0, leaves = args
         sol = _solve_one(prob, u0, tf.nest.pack_sequence_as(structure, leaves), opts, plain)
-        return sol.u, sol.status, tuple(sol.stats[k] for k in _STAT_KEYS)
+        return sol.u, sol.status, tuple(sol.stats[k] for k in STAT_KEYS)
 
     @tf.custom_gradient
     def run(u0b_, *leaves_b):
@@ -289,7 +291,7 @@ def _per_sample(prob, u0b, pb, opts, sensealg, vectorize, plan=None):
         return (u, status) + tuple(stats), grad
 
     outs = run(u0b, *p_leaves)
-    return outs[0], outs[1], dict(zip(_STAT_KEYS, outs[2:]))
+    return outs[0], outs[1], dict(zip(STAT_KEYS, outs[2:]))
 
 
 def _shared(prob, u0b, pb, opts, sensealg):
@@ -335,7 +337,7 @@ _EAGER_CACHE: dict = {}
 
 
 class _Staged(NamedTuple):
-    """The two programs of an eager ``compact="auto"`` ensemble (`_deferred_forward`)."""
+    """The two programs of an eager ``compact="auto"`` ensemble (`deferred_forward`)."""
 
     start: tf.types.experimental.GenericFunction  # the whole batch, one loop: (sol, pending, state)
     resume: tf.types.experimental.GenericFunction  # traced only when some batch leaves samples pending
@@ -423,7 +425,7 @@ def solve_ensemble(
         sensealg, (sd.ForwardSensitivity, sd.DiscreteAdjoint, sd.BacksolveAdjoint, sd.InterpolatingAdjoint, sd.QuadratureAdjoint)
     ):
         raise TypeError(f"`sensealg` must be a sensode ODE sensitivity algorithm, got {sensealg!r}")
-    u0b, pb = _batch_inputs(prob, u0, p)
+    u0b, pb = batch_inputs(prob, u0, p)
     dtype = u0b.dtype
     t0 = tf.cast(prob.tspan[0], dtype)
     t1 = tf.cast(prob.tspan[1], dtype)
@@ -443,8 +445,8 @@ def solve_ensemble(
 
     def staged_body(u0b, pb, t0, t1, ts, state):
         sub = sd.ODEProblem(prob.f, prob.u0, (t0, t1), prob.p)
-        return _deferred_forward(sub, u0b, pb, state, alg=alg, saveat=ts, sensealg=sensealg, stepping=stepping,
-                                 vectorize=vectorize, **solve_opts)
+        return deferred_forward(sub, u0b, pb, state, alg=alg, saveat=ts, sensealg=sensealg, stepping=stepping,
+                                vectorize=vectorize, **solve_opts)
 
     if tf.executing_eagerly():
         key = (prob.f, repr(alg), repr(sensealg), stepping, vectorize, "staged" if staged else compact,
@@ -480,7 +482,7 @@ def solve_ensemble(
     return body(u0b, pb, t0, t1, ts)
 
 
-def _deferred_forward(prob, u0, p, state=None, **options):
+def deferred_forward(prob, u0, p, state=None, **options):
     """An ensemble's values (no gradient) in stages, for eager drivers (`ODEModel`, ``compact="auto"``).
 
     ``options``: those of `solve_ensemble` except ``throw`` (``compact`` is
@@ -499,7 +501,7 @@ def _deferred_forward(prob, u0, p, state=None, **options):
 
     if options.get("stepping", "per_sample") != "per_sample" or options.get("vectorize", "auto") not in ("auto", "native"):
         return plain()
-    u0b, pb = _batch_inputs(prob, u0, p)
+    u0b, pb = batch_inputs(prob, u0, p)
     dtype = u0b.dtype
     t0 = tf.cast(prob.tspan[0], dtype)
     t1 = tf.cast(prob.tspan[1], dtype)
@@ -512,5 +514,5 @@ def _deferred_forward(prob, u0, p, state=None, **options):
     if plan is None:
         return plain()
     u, status, stats, pending, state = _native_forward(plan, u0b, pb, state)
-    sol = EnsembleSolution(t=ts, u=_nan_where_failed(u, status), stats=dict(zip(_STAT_KEYS, stats)), status=status)
+    sol = EnsembleSolution(t=ts, u=_nan_where_failed(u, status), stats=dict(zip(STAT_KEYS, stats)), status=status)
     return sol, pending, state
