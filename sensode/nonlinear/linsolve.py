@@ -19,7 +19,7 @@ adjoint and (later) the stiff ODE methods all take a solver from here.
 """
 
 from .krylov import CG, GMRES, BiCGStab
-from .lu import LU, LUFactors
+from .lu import LU, BlockDiagonalLU, LUFactors
 from .operators import JacobianOperator, LinearSolver, LinearSolveResult, MatrixOperator
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "LinearSolver",
     "LU",
     "LUFactors",
+    "BlockDiagonalLU",
     "GMRES",
     "CG",
     "BiCGStab",

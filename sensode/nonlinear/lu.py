@@ -14,7 +14,7 @@ import tensorflow as tf
 from .. import tfcompat
 from .operators import LinearSolver, LinearSolveResult, _eps
 
-__all__ = ["LU", "LUFactors"]
+__all__ = ["LU", "LUFactors", "BlockDiagonalLU"]
 
 def _lu_xla(a):
     """Partial-pivoting LU of a ``[B, m, w]`` panel (``m >= w``; square for a whole matrix) in a `tf.while_loop`.
@@ -286,3 +286,77 @@ class LU(LinearSolver):
 
     def solve(self, operator, b, *, transpose: bool = False) -> LinearSolveResult:
         return self.solve_factored(self.factor(operator.dense()), b, transpose=transpose)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockDiagonalLU(LinearSolver):
+    """LU of the diagonal blocks of a block-diagonal matrix: ``n / block_size`` independent small systems.
+
+    The matrix must be block diagonal with square blocks of ``block_size``
+    consecutive rows and columns (``n`` a multiple of ``block_size``); entries
+    outside those blocks are *ignored*, so on a matrix that is not block
+    diagonal the result is the solve with its diagonal blocks, not with the
+    matrix. Each block is factored by `LU` (partial pivoting, the same
+    singularity test), all blocks at once as a batch: ``O(n b^2)`` time and
+    ``O(n b)`` memory where a dense LU costs ``O(n^3)`` and ``O(n^2)``.
+
+    When to use: systems made of weakly interacting groups whose Jacobian is
+    block diagonal, such as a batch of independent copies of a model stacked
+    into one state (``[B, n]`` flattened row by row: ``block_size = n``),
+    or a network of compartments that share only parameters. With a stiff
+    ODE method (``Rodas5(linsolve=BlockDiagonalLU(3))``) the Jacobian itself is formed
+    from ``block_size`` forward-mode products (one per column of a block:
+    column ``c`` of every block at once), not ``n``.
+
+    Args:
+      block_size: the side of each diagonal block (a positive int).
+
+    A solve reports a system as not converged (``x`` NaN) when any of its
+    blocks is singular.
+    """
+
+    block_size: int = 1
+
+    direct = True
+
+    def __post_init__(self):
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, (int, np.integer)) or self.block_size < 1:
+            raise ValueError(f"`block_size` must be a positive int, got {self.block_size!r}")
+        object.__setattr__(self, "block_size", int(self.block_size))
+
+    def check_size(self, n: int, who: str = "BlockDiagonalLU"):
+        """Raise a clear error unless ``n`` (the number of unknowns) is a multiple of ``block_size``."""
+        if n % self.block_size:
+            raise ValueError(
+                f"{who}: the system has {n} unknowns, which is not a multiple of `block_size` = {self.block_size}"
+            )
+        return n // self.block_size
+
+    def blocks(self, a):
+        """The diagonal blocks ``[..., n / b, b, b]`` of ``a`` ``[..., n, n]`` (``b = block_size``)."""
+        n, b = a.shape[-1], self.block_size
+        nb = self.check_size(n)
+        lead = a.shape[:-2].as_list()
+        a = tf.reshape(a, lead + [nb, b, nb, b])
+        r = len(lead)
+        perm = list(range(r)) + [r + 1, r + 3, r, r + 2]  # [..., b, b, nb, nb]
+        diag = tf.linalg.diag_part(tf.transpose(a, perm))  # [..., b, b, nb]
+        return tf.transpose(diag, list(range(r)) + [r + 2, r, r + 1])
+
+    def solve(self, operator, b, *, transpose: bool = False) -> LinearSolveResult:
+        a = operator.dense()  # [B, n, n]
+        nb, bs = self.check_size(a.shape[-1]), self.block_size
+        blocks = tf.reshape(self.blocks(a), [-1, bs, bs])
+        vec = b.shape.rank == 2
+        rhs = tf.reshape(b, [-1, bs] if vec else [-1, bs, b.shape[-1]])
+        lu = LU()
+        res = lu.solve_factored(lu.factor(blocks), rhs, transpose=transpose)
+        x = tf.reshape(res.x, tf.shape(b))
+        ok = tf.reduce_all(tf.reshape(res.converged, [-1, nb]), axis=-1)
+        x = tf.where(tf.reshape(ok, [-1] + [1] * (x.shape.rank - 1)), x, tf.constant(np.nan, b.dtype))
+        return LinearSolveResult(
+            x=x,
+            converged=ok,
+            iterations=tf.constant(0, tf.int32),
+            residual_norm=tf.where(ok, tf.zeros_like(ok, dtype=b.dtype), tf.constant(np.inf, b.dtype)),
+        )

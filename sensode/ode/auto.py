@@ -34,7 +34,7 @@ OrdinaryDiffEq.jl ``AutoTsit5(Rodas5())``.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -42,6 +42,7 @@ import tensorflow as tf
 from .. import tfcompat
 from . import rk
 from .linear import Layout
+from .matrixfree import KRYLOV_SOLVERS, check_linsolve
 from .methods import MethodStep, ODEMethod, Tsit5
 from .rosenbrock import Rodas5, StiffCounters, interpolate_rows
 
@@ -103,6 +104,10 @@ class AutoTsit5Rodas5(ODEMethod):
       nonstiff_threshold: ``h rho`` below which a Rodas5 step could have been
         taken by Tsit5.
       switch_after: consecutive attempts needed to switch (either way).
+      linsolve: the stiff steps' linear solver, as `Rodas5`'s: None (dense
+        LU), `sensode.linsolve.BlockDiagonalLU(b)` or a Krylov solver
+        (``GMRES(...)``, ``BiCGStab(...)``; ``sol.stats`` then adds
+        ``nkrylov`` and has ``njac = nlu = 0``).
 
     References: see the module docstring.
     """
@@ -110,6 +115,10 @@ class AutoTsit5Rodas5(ODEMethod):
     stiff_threshold: float = 3.0
     nonstiff_threshold: float = 1.0
     switch_after: int = 5
+    linsolve: Any = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "linsolve", check_linsolve(self.name, self.linsolve))
 
     name = "AutoTsit5Rodas5"
     order = 5
@@ -138,14 +147,19 @@ class AutoTsit5Rodas5(ODEMethod):
             num2, den2 = _sq_dists(stages[5], res.f_new, a, res.y1)
             ks = [tf.stack([stages[i][leaf] for i in tab.dense_rows], axis=0) for leaf in range(len(y))]
             rows = _monomial(_TSIT5_TO_MONOMIAL, ks)
-            return res.y1, res.f_new, res.err, rows, h2 * num2 > self.stiff_threshold ** 2 * den2
+            out = res.y1, res.f_new, res.err, rows, h2 * num2 > self.stiff_threshold ** 2 * den2
+            return out + (tf.constant(0, tf.int32),) if krylov else out
+
+        rodas = _RODAS5 if self.linsolve is None else Rodas5(linsolve=self.linsolve)
+        krylov = isinstance(self.linsolve, KRYLOV_SOLVERS)
 
         def stiff_branch():
-            st = _RODAS5.step(fn, t, y, f, h, StiffCounters.zeros())
-            rows, _ = _RODAS5.dense(fn, t, y, h, st)
+            st = rodas.step(fn, t, y, f, h, StiffCounters.zeros())
+            rows, _ = rodas.dense(fn, t, y, h, st)
             num2, den2 = _rodas_sq_dists(fn, t, h, y, st)
             argues = h2 * num2 <= self.nonstiff_threshold ** 2 * den2
-            return st.y1, st.f1, st.err, _monomial(_RODAS5_TO_MONOMIAL, rows), argues
+            out = st.y1, st.f1, st.err, _monomial(_RODAS5_TO_MONOMIAL, rows), argues
+            return out + (st.carry.nkrylov,) if krylov else out
 
         if not tf.executing_eagerly() and not tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
             # Outside XLA a conditional is lowered to switch/merge dataflow, and the
@@ -153,14 +167,15 @@ class AutoTsit5Rodas5(ODEMethod):
             # for Rodas5's Jacobian): behind one call, the untaken stiff branch
             # costs one node.
             stiff_branch = tf.function(stiff_branch, experimental_attributes={"_noinline": True})
-        y1, f1, err, rows, argues = tf.cond(carry.stiff, stiff_branch, nonstiff_branch)
+        y1, f1, err, rows, argues, *nkrylov = tf.cond(carry.stiff, stiff_branch, nonstiff_branch)
         streak = tf.where(argues, carry.streak + 1, 0)
         switch = streak >= self.switch_after
         s = tf.cast(carry.stiff, tf.int32)
         new_carry = _AutoCarry(
             stiff=tf.math.logical_xor(carry.stiff, switch),
             streak=tf.where(switch, 0, streak),
-            counters=carry.counters.add(njac=s, nlu=s, nsolve=_RODAS5_SOLVES * s),
+            counters=carry.counters.add(njac=0 if krylov else s, nlu=0 if krylov else s, nsolve=_RODAS5_SOLVES * s,
+                                        nkrylov=nkrylov[0] if krylov else 0),
             nonstiff_steps=carry.nonstiff_steps + 1 - s,
             stiff_steps=carry.stiff_steps + s,
             switches=carry.switches + tf.cast(switch, tf.int32),
@@ -178,7 +193,7 @@ class AutoTsit5Rodas5(ODEMethod):
         return interpolate_rows(w, y0, h, rows)
 
     def stats(self, carry) -> dict:
-        out = carry.counters.as_stats()
+        out = carry.counters.as_stats(krylov=isinstance(self.linsolve, KRYLOV_SOLVERS))
         out.update(nonstiff_steps=carry.nonstiff_steps, stiff_steps=carry.stiff_steps, switches=carry.switches)
         return out
 

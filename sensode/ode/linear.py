@@ -35,7 +35,7 @@ from ..nonlinear.linsolve import LU
 # that concatenates (`tfcompat.register_missing_gradients`).
 tfcompat.register_missing_gradients()
 
-__all__ = ["Layout", "jacobian", "differentiated_jacobians", "time_derivative", "WithJacobian", "SensitivitySystem", "Factorised",
+__all__ = ["Layout", "jacobian", "block_jacobian", "factorise", "BlockFactorised", "differentiated_jacobians", "time_derivative", "WithJacobian", "SensitivitySystem", "Factorised",
            "SensitivityFactorised", "nan_if_failed", "UNROLL_UNDER_XLA", "INVERSE_UP_TO_UNDER_XLA"]
 
 # Under XLA, a discrete adjoint differentiates the Jacobian itself, and the
@@ -175,18 +175,8 @@ class WithJacobian:
 def _jacobian_unrolled(fn_vec, t, y, with_t):
     """``n`` (+1) forward-mode JVPs with unit tangents, unrolled in the graph."""
     n = y.shape[0]
-    zero = tf.UnconnectedGradients.ZERO
-    cols = []
-    for j in range(n):
-        with tf.autodiff.ForwardAccumulator(y, tf.one_hot(j, n, dtype=y.dtype)) as acc:
-            out = fn_vec(t, y)
-        cols.append(acc.jvp(out, unconnected_gradients=zero))
-    dfdt = None
-    if with_t:
-        with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as acc:
-            out = fn_vec(t, y)
-        dfdt = acc.jvp(out, unconnected_gradients=zero)
-    return tf.stack(cols, axis=1), dfdt
+    cols = _jvps_unrolled(fn_vec, t, y, lambda j: tf.one_hot(j, n, dtype=y.dtype), n)
+    return tf.transpose(cols), (time_derivative(fn_vec, t, y) if with_t else None)
 
 
 def _jacobian_chunked(fn_vec, t, y, with_t):
@@ -199,28 +189,103 @@ def _jacobian_chunked(fn_vec, t, y, with_t):
     trace ``f`` ``n`` times.
     """
     n = y.shape[0]
-    chunks = -(-n // UNROLL_UNDER_XLA)
-    width = -(-n // chunks)  # columns per iteration; the last may run past n (zero tangents, dropped)
-    zero = tf.UnconnectedGradients.ZERO
+    cols = _jvps_chunked(fn_vec, t, y, lambda j: tf.one_hot(j, n, dtype=y.dtype), n)
+    return tf.transpose(cols), (time_derivative(fn_vec, t, y) if with_t else None)
 
-    def body(c, jt):
-        first = c * width
-        block = []
-        for i in range(width):
-            with tf.autodiff.ForwardAccumulator(y, tf.one_hot(first + i, n, dtype=y.dtype)) as acc:
-                out = fn_vec(t, y)
-            block.append(acc.jvp(out, unconnected_gradients=zero))
-        rows = (first + tf.range(width))[:, None]
-        return c + 1, tf.tensor_scatter_nd_update(jt, rows, tf.stack(block, axis=0))
 
-    jt0 = tf.zeros([chunks * width, n], y.dtype)  # J^T, one row per column of J
-    _, jt = tf.while_loop(lambda c, jt: c < chunks, body, (tf.constant(0), jt0), maximum_iterations=chunks)
-    dfdt = None
-    if with_t:
-        with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as acc:
+def _jvps_unrolled(fn_vec, t, y, tangent: Callable, count: int):
+    """``[count, N]``: row ``j`` is ``J tangent(j)``, one forward-mode pass each, unrolled in the graph."""
+    rows = []
+    for j in range(count):
+        with tf.autodiff.ForwardAccumulator(y, tangent(j)) as acc:
             out = fn_vec(t, y)
-        dfdt = acc.jvp(out, unconnected_gradients=zero)
-    return tf.transpose(jt[:n]), dfdt
+        rows.append(acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    return tf.stack(rows, axis=0)
+
+
+def _jvps_chunked(fn_vec, t, y, tangent: Callable, count: int):
+    """`_jvps_unrolled` in a `tf.while_loop`, at most `UNROLL_UNDER_XLA` products per iteration.
+
+    ``tangent`` takes a scalar int32 tensor; indices past ``count`` (the
+    last chunk's padding) are computed and dropped.
+    """
+    n = y.shape[0]
+    chunks = -(-count // UNROLL_UNDER_XLA)
+    width = -(-count // chunks)  # products per iteration
+
+    def body(c, rows_all):
+        first = c * width
+        block = _jvps_unrolled(fn_vec, t, y, lambda i: tangent(first + i), width)
+        rows = (first + tf.range(width))[:, None]
+        return c + 1, tf.tensor_scatter_nd_update(rows_all, rows, block)
+
+    rows0 = tf.zeros([chunks * width, n], y.dtype)
+    _, rows_all = tf.while_loop(lambda c, r: c < chunks, body, (tf.constant(0), rows0), maximum_iterations=chunks)
+    return rows_all[:count]
+
+
+def block_jacobian(fn_vec: Callable, t, y, block_size: int, with_t: bool = True):
+    """``(J_blocks, df/dt)`` of ``fn_vec(t, y) -> [N]`` whose Jacobian is block diagonal.
+
+    ``J`` is assumed block diagonal with square blocks of ``block_size``
+    consecutive elements (``N = nb * block_size``). Column ``c`` of every
+    block is read from one forward-mode product with the tangent that is 1 at
+    positions ``c, c + b, c + 2 b, ...`` (a colouring of the columns: no two
+    columns of one colour share a row), so ``J`` costs ``block_size``
+    products of ``f``, not ``N``. Entries outside the blocks are not
+    computed (they would be summed into the blocks' entries: the user's
+    declaration of the structure must be right).
+
+    Returns ``J_blocks`` ``[nb, b, b]`` (``J_blocks[k, r, c] = J[k b + r, k b + c]``)
+    and ``df/dt`` ``[N]`` (None without ``with_t``).
+    """
+    n, b = y.shape[0], block_size
+    nb = n // b
+
+    def tangent(c):
+        return tf.tile(tf.one_hot(c, b, dtype=y.dtype), [nb])
+
+    in_graph = not tf.executing_eagerly()
+    if in_graph and b > UNROLL_UNDER_XLA:
+        rows = _jvps_chunked(fn_vec, t, y, tangent, b)
+    else:
+        rows = _jvps_unrolled(fn_vec, t, y, tangent, b)
+    # rows[c, k b + r] = J[k b + r, k b + c]
+    blocks = tf.transpose(tf.reshape(rows, [b, nb, b]), [1, 2, 0])
+    return blocks, (time_derivative(fn_vec, t, y) if with_t else None)
+
+
+def factorise(g: Callable, t, yv, inv_gh, *, block_size: int | None = None, jac=None, with_t: bool = True):
+    """``(w, df/dt)``: ``M = I / (gamma h) - J`` of ``g(t, yv) -> [N]`` at ``(t, yv)``, factorised.
+
+    ``jac``: the problem's Jacobian at ``(t, yv)`` (``[N, N]``; with
+    ``block_size`` only its diagonal blocks are read); None: automatic
+    differentiation of ``g`` (`jacobian`, or `block_jacobian` with
+    ``block_size``, whose ``M`` is `BlockFactorised`). ``df/dt`` ``[N]`` when
+    ``with_t`` (else None).
+    """
+    n = yv.shape[0]
+    if block_size is not None and n % block_size:
+        raise ValueError(f"linsolve=BlockDiagonalLU({block_size}): the state has {n} elements (batch included), "
+                         f"which is not a multiple of `block_size` = {block_size}")
+    if jac is None:
+        if block_size is None:
+            jac, dt = jacobian(g, t, yv, with_t=with_t)
+            return Factorised(jac, inv_gh), dt
+        blocks, dt = block_jacobian(g, t, yv, block_size, with_t=with_t)
+        return BlockFactorised(blocks, inv_gh), dt
+    if jac.shape != (n, n):
+        raise ValueError(f"`jac` must give a [{n}, {n}] matrix here, got {jac.shape}")
+    dt = time_derivative(g, t, yv) if with_t else None
+    if block_size is None:
+        return Factorised(jac, inv_gh), dt
+    return BlockFactorised(_diagonal_blocks(jac, block_size), inv_gh), dt
+
+
+def _diagonal_blocks(a, b: int):
+    """``[N / b, b, b]`` diagonal blocks of ``a`` ``[N, N]``."""
+    nb = a.shape[-1] // b
+    return tf.transpose(tf.linalg.diag_part(tf.transpose(tf.reshape(a, [nb, b, nb, b]), [1, 3, 0, 2])), [2, 0, 1])
 
 
 class Factorised:
@@ -286,7 +351,6 @@ class Factorised:
 
         The third entry (iterations) matches `MatrixFree.solve_checked`.
         """
-        vec = b.shape.rank == 1
         raw = []
 
         @tf.custom_gradient
@@ -301,14 +365,20 @@ class Factorised:
                 # singular (its solution NaN): 0 * NaN would be NaN.
                 gb = tf.where(tf.math.is_finite(gb), gb, tf.zeros_like(gb))
                 xs = tf.stop_gradient(x)  # finite (zeros where the solve failed)
-                gm = -gb[:, None] * xs[None, :] if vec else -tf.matmul(gb, xs, transpose_b=True)
-                return gm, gb
+                return self._m_cotangent(gb, xs), gb
 
             return x, grad
 
         x = run(self.m, b)
         ok = ~self.singular & tf.reduce_all(tf.math.is_finite(raw[0]))
         return x, ok, tf.constant(0, tf.int32)
+
+    @staticmethod
+    def _m_cotangent(gb, xs):
+        """``M_bar = -b_bar x^T`` (summed over right-hand sides)."""
+        if gb.shape.rank == 1:
+            return -gb[:, None] * xs[None, :]
+        return -tf.matmul(gb, xs, transpose_b=True)
 
     def _apply(self, b, transpose):
         """``M^{-1} b`` (``M^{-T} b``) for ``b`` ``[N]`` or ``[N, K]``; NaN where ``M`` is singular."""
@@ -319,6 +389,55 @@ class Factorised:
         if b.shape.rank == 1:
             return tf.linalg.matvec(self.inverse, b, transpose_a=transpose)
         return tf.matmul(self.inverse, b, transpose_a=transpose)
+
+
+class BlockFactorised(Factorised):
+    """`Factorised` for a block-diagonal ``J`` (`sensode.linsolve.BlockDiagonalLU`): ``nb`` small LUs.
+
+    Args:
+      blocks: ``[nb, b, b]`` diagonal blocks of the Jacobian (`block_jacobian`).
+      inv_gh: scalar ``1 / (gamma h)``.
+
+    ``M``'s blocks are factored together (`LU`, partial pivoting, the same
+    pivot test); up to `INVERSE_UP_TO_UNDER_XLA` their inverses are formed
+    once (one substitution with ``b`` right-hand sides) and every solve is a
+    batched matrix-vector product, in every execution mode. One singular
+    block fails the whole solve (as a singular ``M`` does). Solves,
+    failures and gradients (``M_bar`` has the blocks' shape) as `Factorised`.
+    """
+
+    def __init__(self, blocks, inv_gh):
+        nb, b = blocks.shape[0], blocks.shape[-1]
+        self.nb, self.b = nb, b
+        self.m = inv_gh * tf.eye(b, batch_shape=[1], dtype=blocks.dtype) - blocks
+        lu = LU()
+        factors = tf.nest.map_structure(tf.stop_gradient, lu.factor(tf.stop_gradient(self.m), estimate_condition=False))
+        self.singular = tf.reduce_any(factors.singular)
+        self.blocked = None
+        if b <= INVERSE_UP_TO_UNDER_XLA:
+            eye = tf.eye(b, batch_shape=[nb], dtype=blocks.dtype)
+            self.factors, self.inverse = None, tf.stop_gradient(lu.solve_factored(factors, eye).x)  # NaN if singular
+        else:
+            self.factors, self.inverse = factors, None
+        self.flags = []
+
+    def _m_cotangent(self, gb, xs):
+        """The blocks of ``-b_bar x^T``: ``[nb, b, b]``."""
+        if gb.shape.rank == 1:
+            gb, xs = tf.reshape(gb, [self.nb, self.b, 1]), tf.reshape(xs, [self.nb, self.b, 1])
+        else:
+            k = gb.shape[-1]
+            gb, xs = tf.reshape(gb, [self.nb, self.b, k]), tf.reshape(xs, [self.nb, self.b, k])
+        return -tf.matmul(gb, xs, transpose_b=True)
+
+    def _apply(self, b, transpose):
+        vec = b.shape.rank == 1
+        rhs = tf.reshape(b, [self.nb, self.b, 1 if vec else b.shape[-1]])
+        if self.inverse is not None:
+            x = tf.matmul(self.inverse, rhs, transpose_a=transpose)
+        else:
+            x = LU().solve_factored(self.factors, rhs, transpose=transpose).x
+        return tf.reshape(x, tf.shape(b))
 
 
 class _BlockedSubstitution:
@@ -431,20 +550,15 @@ class SensitivityFactorised:
     Jacobian is exact).
     """
 
-    def __init__(self, system: SensitivitySystem, layout: Layout, t, yv, inv_gh):
+    def __init__(self, system: SensitivitySystem, layout: Layout, t, yv, inv_gh, block_size: int | None = None):
         n = layout.sizes[0]
         u_shape = layout.shapes[0]
         self.n, self.t, self.system, self.u_shape = n, t, system, u_shape
         u = tf.reshape(yv[:n], u_shape)
         self.u, self.s = u, tf.reshape(yv[n:], layout.shapes[1])
-        if system.state_jac is not None:
-            jac = system.state_jac(t, u)
-            if jac.shape != (n, n):
-                raise ValueError(f"`jac` must give a [{n}, {n}] matrix here, got {jac.shape}")
-        else:
-            jac, _ = jacobian(lambda t_, uv: tf.reshape(system.state_fn(t_, tf.reshape(uv, u_shape)), [-1]), t,
-                              yv[:n], with_t=False)
-        self.state = Factorised(jac, inv_gh)
+        jac = None if system.state_jac is None else system.state_jac(t, u)
+        g = lambda t_, uv: tf.reshape(system.state_fn(t_, tf.reshape(uv, u_shape)), [-1])  # noqa: E731
+        self.state, _ = factorise(g, t, yv[:n], inv_gh, block_size=block_size, jac=jac, with_t=False)
 
     def mark_failed(self, values: list) -> list:
         return self.state.mark_failed(values)

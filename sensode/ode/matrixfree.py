@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import tfcompat
-from ..nonlinear.linsolve import CG, GMRES, LU, BiCGStab
+from ..nonlinear.linsolve import CG, GMRES, LU, BiCGStab, BlockDiagonalLU
 from .linear import nan_if_failed
 
 __all__ = ["MatrixFree", "check_linsolve", "KRYLOV_SOLVERS"]
@@ -42,13 +42,14 @@ KRYLOV_SOLVERS = (GMRES, BiCGStab, CG)
 
 
 def check_linsolve(who: str, linsolve):
-    """A stiff method's ``linsolve`` option, normalised: None (dense LU) or a Krylov solver instance."""
+    """A stiff method's ``linsolve`` option, normalised: None (dense LU), `BlockDiagonalLU` or a Krylov solver instance."""
     if linsolve is None or type(linsolve) is LU:
         return None
-    if isinstance(linsolve, KRYLOV_SOLVERS):
+    if isinstance(linsolve, KRYLOV_SOLVERS + (BlockDiagonalLU,)):
         return linsolve
     raise ValueError(
-        f"{who}: `linsolve` must be None or sensode.linsolve.LU() (dense LU, the default), or an instance of "
+        f"{who}: `linsolve` must be None or sensode.linsolve.LU() (dense LU, the default), "
+        f"sensode.linsolve.BlockDiagonalLU(block_size) (a block-diagonal Jacobian), or an instance of "
         f"sensode.linsolve.GMRES, BiCGStab or CG (matrix-free Newton--Krylov); got {linsolve!r}"
     )
 

@@ -34,9 +34,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from .linear import (Factorised, Layout, SensitivityFactorised, SensitivitySystem, WithJacobian, jacobian,
-                     time_derivative)
-from .matrixfree import MatrixFree, check_linsolve
+from ..nonlinear.linsolve import BlockDiagonalLU
+from .linear import Layout, SensitivityFactorised, SensitivitySystem, WithJacobian, factorise, time_derivative
+from .matrixfree import KRYLOV_SOLVERS, MatrixFree, check_linsolve
 from .methods import MethodStep, ODEMethod
 
 __all__ = ["Rosenbrock23", "Rodas5", "StiffCounters"]
@@ -123,7 +123,7 @@ class _Stiff(ODEMethod):
         return StiffCounters.zeros()
 
     def stats(self, carry) -> dict:
-        return carry.as_stats(krylov=self.linsolve is not None)
+        return carry.as_stats(krylov=self.krylov)
 
     @staticmethod
     def _vector_fn(fn, layout: Layout):
@@ -138,19 +138,25 @@ class _Stiff(ODEMethod):
         forward-sensitivity system (`SensitivitySystem`) the solves go through
         the state's own ``n x n`` factorisation (`SensitivityFactorised`).
         """
-        if self.linsolve is not None:
+        block = self.block_size
+        if self.krylov:
             w = MatrixFree(self.linsolve, g, t, yv, inv_gh)
         elif isinstance(fn, SensitivitySystem):
-            w = SensitivityFactorised(fn, layout, t, yv, inv_gh)
-        elif isinstance(fn, WithJacobian):
-            jac = fn.jac(t, layout.unvec(yv))
-            if jac.shape != (layout.size, layout.size):
-                raise ValueError(f"`jac` must give a [{layout.size}, {layout.size}] matrix here, got {jac.shape}")
-            w = Factorised(jac, inv_gh)
-        else:  # df/dt comes with J, one more tangent of the same vectorised Jacobian
-            jac, dt = jacobian(g, t, yv, with_t=with_t)
-            return Factorised(jac, inv_gh), dt
+            w = SensitivityFactorised(fn, layout, t, yv, inv_gh, block_size=block)
+        else:  # df/dt comes with an AD Jacobian, one more tangent of the same products
+            jac = fn.jac(t, layout.unvec(yv)) if isinstance(fn, WithJacobian) else None
+            return factorise(g, t, yv, inv_gh, block_size=block, jac=jac, with_t=with_t)
         return w, (time_derivative(g, t, yv) if with_t else None)
+
+    @property
+    def krylov(self) -> bool:
+        """True with a matrix-free (Krylov) ``linsolve``."""
+        return isinstance(self.linsolve, KRYLOV_SOLVERS)
+
+    @property
+    def block_size(self) -> int | None:
+        """``linsolve.block_size`` with `BlockDiagonalLU`, else None."""
+        return self.linsolve.block_size if isinstance(self.linsolve, BlockDiagonalLU) else None
 
     # Methods are static keys (compiled-function caches, Keras configs): equal
     # when of one type with the same options.

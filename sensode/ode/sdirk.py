@@ -177,7 +177,7 @@ class Kvaerno5(_Stiff):
         return _NewtonCarry(counters, tf.cast(n_rtol, dtype), tf.cast(n_atol, dtype))
 
     def stats(self, carry) -> dict:
-        return carry.counters.as_stats(krylov=self.linsolve is not None)
+        return carry.counters.as_stats(krylov=self.krylov)
 
     def _newton(self, g, t_i, base, z0, w, gh, rtol, atol):
         """Solve ``z = base + gh g(t_i, z)`` from ``z0``: ``(z, converged, iterations, krylov iterations)``."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from ..derivatives import graph_if_eager, vjp
@@ -223,6 +224,25 @@ def _backward_options(spec, alg: ContinuousAdjoint, h_init):
     return over
 
 
+def _backward_method(method, y0, u0):
+    """The method of the backward solve: a block-diagonal ``linsolve`` only where the backward state is the adjoint alone.
+
+    With ``linsolve=BlockDiagonalLU(b)`` the forward Jacobian ``J`` is block
+    diagonal, and so is the adjoint's ``-J^T`` (`QuadratureAdjoint`, whose
+    backward state is ``a`` alone). A backward state that carries more (the
+    parameter integrals of `InterpolatingAdjoint`, the state of
+    `BacksolveAdjoint`) has a Jacobian with rows outside the blocks: it is
+    solved with the dense LU instead, as the order of a Rosenbrock method needs
+    the exact Jacobian.
+    """
+    if getattr(method, "block_size", None) is None:
+        return method
+    size = sum(int(np.prod(x.shape, dtype=np.int64)) for x in tf.nest.flatten(y0))
+    if size == int(np.prod(u0.shape, dtype=np.int64)):
+        return method
+    return dataclasses.replace(method, linsolve=None)
+
+
 def backward_solve(spec, alg: ContinuousAdjoint, u0, ts, t0, t1, p, variables, u1, record, g_u, g_cont=None, *,
                    a_init=None, acc_init=None, h_init=None) -> AdjointResult:
     """Solve the adjoint of ``alg`` backwards from ``t1`` to ``t0``.
@@ -246,7 +266,7 @@ def backward_solve(spec, alg: ContinuousAdjoint, u0, ts, t0, t1, p, variables, u
     if acc_init is None:
         acc_init = ([tf.zeros_like(x) for x in params.float_leaves], [tf.zeros_like(v) for v in variables])
     y0, include = alg.adjoint_state(prob, a, list(acc_init[0]), list(acc_init[1]))
-    method = alg.alg or spec.method
+    method = _backward_method(alg.alg or spec.method, y0, u0)
     rhs = graph_if_eager(lambda t, y: alg.adjoint_rhs(prob, t, y))
     if spec.jac is not None and alg.adjoint_jac is not None and method.stiff:
         # da/dt = -J^T a: the backward Newton / W matrix from the user's J, transposed.
