@@ -119,6 +119,9 @@ _STIFF_SENSEALGS = flags.DEFINE_list(
     "stiff_sensealgs", ["DiscreteAdjoint", "QuadratureAdjoint", "ForwardSensitivity"],
     "sensode sensitivity algorithms on the stiff problems (InterpolatingAdjoint with Rodas5 compiles for minutes; "
     "ForwardSensitivity compiles two to three times longer than DiscreteAdjoint: Robertson 26 s, HIRES 73 s).")
+_NGROUPS_DENSE = flags.DEFINE_list(
+    "ngroups_dense", [], "Stiff methods also timed with the dense LU on robertson_ngroups* (by default only with "
+    "linsolve=BlockDiagonalLU(3), the groups' structure, as SciPy gets the sparse Jacobian pattern).")
 _OUT = flags.DEFINE_string("out", "/tmp/sensode_peers", "Folder for the workload data and the peers' gradients.")
 _REANALYZE = flags.DEFINE_list("reanalyze", [], "Recompute the ratio, accuracy and evaluation lines from the JSON "
                                 "lines of earlier runs (files; their gradient files must still exist) and exit.")
@@ -219,7 +222,9 @@ def problem(data, name):
 
 
 def method(name):
-    return getattr(sensode, name)()
+    """``"Rodas5"``, or ``"Rodas5@block3"``: with ``linsolve=sensode.linsolve.BlockDiagonalLU(3)``."""
+    base, _, block = name.partition("@block")
+    return getattr(sensode, base)(linsolve=sensode.linsolve.BlockDiagonalLU(int(block))) if block else getattr(sensode, base)()
 
 
 def sensealg(name):
@@ -296,7 +301,10 @@ def sensode_table(workloads):
                         continue  # tangent seeds of 4.5k x 512 x 2 / 10,100 x 100 x 100: not a contender
                     table[(wl, "gradient", f"sensode.{m}.{a}")] = lambda d, wl=wl, m=m, a=a: sensode_gradient(d, wl, m, a)
         elif wl in STIFF:
-            for m in _STIFF_METHODS.value:
+            names = list(_STIFF_METHODS.value)
+            if wl.startswith("robertson_ngroups"):  # uncoupled groups: the block-diagonal Jacobian declared
+                names = [f"{m}@block3" for m in names] + [m for m in names if m in _NGROUPS_DENSE.value]
+            for m in names:
                 table[(wl, "forward", f"sensode.{m}")] = lambda d, wl=wl, m=m: sensode_forward(d, wl, m)
                 for a in _STIFF_SENSEALGS.value:
                     table[(wl, "gradient", f"sensode.{m}.{a}")] = lambda d, wl=wl, m=m, a=a: sensode_gradient(d, wl, m, a)
