@@ -37,8 +37,9 @@ here, from `sensode.models`' NumPy initialisations):
   group-major vector), the groups uncoupled, sharing the three ``log k`` (a
   3-entry gradient), group ``g`` starting from ``[1 - 0.001 g / ngroups, 0,
   0]`` so that no two groups are identical; same span and tolerances as
-  ``robertson``. ``robertson_ngroups100`` is off unless listed in
-  ``--workloads`` (sensode's calls take seconds there). sensode `Rodas5`
+  ``robertson``; sensode's stiff methods there with
+  ``linsolve=BlockDiagonalLU(3)`` (the groups' structure, as SciPy gets the
+  sparse pattern; ``--ngroups_dense`` adds the dense LU). sensode `Rodas5`
   (forward; gradient with `DiscreteAdjoint` and
   `QuadratureAdjoint` by default; ``--stiff_sensealgs`` adds `ForwardSensitivity`
   and `InterpolatingAdjoint`, which compile for minutes) against CasADi's CVODES
@@ -97,14 +98,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NONSTIFF = ("lotka_volterra", "neural_ode_mlp", "linear100")
 STIFF = ("robertson", "van_der_pol_mu1000", "hires", "robertson_ngroups10", "robertson_ngroups100")
-# robertson_ngroups100 only when asked: sensode's Rodas5 takes seconds a call there (6.4 s forward, 11-16 s
-# gradients on 2 December, load 2-3), minutes a round; robertson_ngroups10 adds about 3 minutes, mostly compilation.
-DEFAULT = NONSTIFF + STIFF[:4]
+# The duplicated Robertson workloads time sensode with linsolve=BlockDiagonalLU(3) (about 2 minutes of compilation
+# for both; 10 ms forward, 38 ms gradient at 300 states). With the dense LU (--ngroups_dense=Rodas5) a 300-state call
+# takes 1-19 s and its compilation minutes.
+DEFAULT = NONSTIFF + STIFF
 ALL = NONSTIFF + STIFF + ("fit_lotka_volterra",)
 
 _PEERS = flags.DEFINE_string("peers_python", None, "Interpreter of the peers virtualenv (diffrax, jax, casadi, scipy).")
 _WORKLOADS = flags.DEFINE_list("workloads", list(DEFAULT), f"Any of {', '.join(ALL)} (by default all but "
-                               "robertson_ngroups100 and fit_lotka_volterra).")
+                               "fit_lotka_volterra).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds (times pooled over rounds).", lower_bound=1)
 _TARGET = flags.DEFINE_float("target_s", 0.4, "Aim for this many seconds of timed calls per measurement and round.")
 _MIN_REPS = flags.DEFINE_integer("min_reps", 3, "Fewest timed calls per measurement and round.", lower_bound=1)
