@@ -183,7 +183,39 @@ def test_backsolve_keeps_no_dense_record():
     _, spec, ts, t0, t1, _ = prepare_ode_solve(prob, sd.Tsit5(), saveat=None, dt=None, rtol=1e-6, atol=1e-8,
                                                max_steps=200, dtmin=None, dtmax=None, controller=None)
     assert sd.BacksolveAdjoint().forward(spec, prob.u0, ts, t0, t1, prob.p, []).aux.record is None
-    assert sd.InterpolatingAdjoint().forward(spec, prob.u0, ts, t0, t1, prob.p, []).aux.record is not None
+    # The recording adjoints keep loop states at chunk starts (ceil(sqrt(200)) = 15 at most), no max_steps record.
+    for alg in (sd.InterpolatingAdjoint(), sd.QuadratureAdjoint()):
+        aux = alg.forward(spec, prob.u0, ts, t0, t1, prob.p, []).aux
+        assert not hasattr(aux, "record") and aux.starts.t.shape[0] == 15 and 1 <= int(aux.count) <= 15
+
+
+@pytest.mark.parametrize("alg", [sd.InterpolatingAdjoint(), sd.QuadratureAdjoint()], ids=lambda a: type(a).__name__)
+def test_recording_adjoints_across_many_chunks_against_the_closed_form(alg):
+    # max_steps = 100: chunks of 10 iterations, so the ~40 steps of this solve (and those of the backward
+    # solve, for QuadratureAdjoint's quadrature) are recorded and integrated in several chunks, with save times
+    # inside chunks. u' = -k u: u(t) = u0 exp(-k t);
+    # L = sum_i w_i u(t_i)^2, dL/dk = sum_i -2 t_i w_i u(t_i)^2, dL/du0 = sum_i 2 w_i u(t_i)^2 / u0.
+    import tensorflow as tf
+
+    k, u0 = 0.7, 1.3
+    ts = np.array([0.5, 1.7, 2.0, 3.3, 5.0])
+    w = np.array([1.0, -2.0, 0.5, 3.0, 1.0])
+    prob = sd.ODEProblem(lambda t, u, p: -p * u, tf.constant(u0, tf.float64), (0.0, 5.0), tf.constant(k, tf.float64))
+
+    @tf.function
+    def run(u0_, k_):
+        with tf.GradientTape() as tape:
+            tape.watch([u0_, k_])
+            sol = sd.solve(prob.remake(u0=u0_, p=k_), sd.Tsit5(), saveat=tf.constant(ts), rtol=1e-10, atol=1e-12,
+                           sensealg=alg, max_steps=100, throw=False)
+            loss = tf.reduce_sum(tf.constant(w) * sol.u ** 2)
+        return tape.gradient(loss, [u0_, k_]), sol.stats["accepted"], sol.status
+
+    (g_u0, g_k), steps, status = run(tf.constant(u0, tf.float64), tf.constant(k, tf.float64))
+    assert int(status) == 0 and int(steps) > 20  # at least three chunks of 10
+    u = u0 * np.exp(-k * ts)
+    np.testing.assert_allclose(g_k.numpy(), np.sum(-2.0 * ts * w * u ** 2), rtol=1e-7)
+    np.testing.assert_allclose(g_u0.numpy(), np.sum(2.0 * w * u ** 2) / u0, rtol=1e-7)
 
 
 @pytest.mark.parametrize("bad", ["forward", sd.Tsit5(), sd.ForwardSensitivity])

@@ -213,8 +213,10 @@ class Stepper:
                             include_in_norm, record, stop_controller_gradients)
         self.t0 = tf.convert_to_tensor(t0, flat0[0].dtype)
 
-    def start(self, y0) -> _State:
-        return _initial_state(self.ctx, self.options, tf.nest.flatten(y0), self.t0)
+    def start(self, y0, with_record: bool = True) -> _State:
+        """The initial loop state; ``with_record=False`` allocates no record (see `run_recording_chunks`)."""
+        ctx = self.ctx if with_record else self.ctx._replace(record=False)
+        return _initial_state(ctx, self.options, tf.nest.flatten(y0), self.t0)
 
     def running(self, s: _State):
         """Whether the loop would take another iteration from ``s``."""
@@ -232,20 +234,59 @@ class Stepper:
         """What `resume` needs to repeat the iterations after ``s`` exactly."""
         return Checkpoint(s.t, s.y, s.h, s.ratio_prev, s.carry, s.stop)
 
-    def resume(self, c: Checkpoint, saved=None) -> _State:
+    def resume(self, c: Checkpoint, saved=None, record_steps: int | None = None) -> _State:
         """A state equal to the checkpointed one, counters at zero.
 
         ``f`` is re-evaluated from ``y`` (one evaluation), so gradients with
         respect to ``c.y`` see its dependence; ``saved`` defaults to zeros.
+        With ``record=True`` and ``record_steps``, the resumed iterations are
+        recorded (`dense_record`) in buffers of ``record_steps`` entries, not
+        ``max_steps``: a chunk of at most that many iterations.
         """
         ctx = self.ctx
         dtype = c.t.dtype
         if saved is None and ctx.ts is not None:
             saved = [tf.zeros(tf.concat([tf.shape(ctx.ts), tf.shape(y)], 0), dtype) for y in c.y]
         zero = tf.constant(0, tf.int32)
+        rec = ()
+        if ctx.record and record_steps:
+            rec = _dense.empty_record(record_steps, c.t, list(c.y), ctx.method.dense_rows)
         return _State(t=c.t, y=list(c.y), f=ctx.fn(c.t, list(c.y)), h=c.h, ratio_prev=c.ratio_prev, carry=c.carry,
                       saved=saved or [], steps=zero, accepted=zero, rejected=zero, nfe=tf.constant(1, tf.int32),
-                      status=zero, stop=c.stop, rec=())
+                      status=zero, stop=c.stop, rec=rec)
+
+    def run_recording_chunks(self, s: _State, chunk: int, consume: Callable, acc) -> tuple[IntegrateResult, Any]:
+        """Run from ``s`` to the end, handing the dense output to ``consume`` one chunk at a time.
+
+        For a backward pass that needs a solve's dense output only once, step
+        by step (a quadrature over the steps): the loop runs in chunks of
+        ``chunk`` iterations, each recorded in buffers of ``chunk`` entries
+        (not ``max_steps``) and passed to ``acc = consume(acc, record)`` as
+        soon as it is complete. The steps are those of the uninterrupted
+        solve (each chunk resumes from the previous one's loop state; one
+        more evaluation of ``f`` per chunk), at most ``max_steps`` in all.
+        Needs ``record=True``. Returns ``(result, acc)``; ``result.record``
+        is None.
+        """
+        ctx = self.ctx
+        n_chunks = -(-self.max_steps // chunk)
+        totals0 = (s.steps, s.accepted, s.rejected, s.nfe)
+
+        def body(s, totals, acc):
+            r = self.run(self.resume(self.checkpoint(s), saved=s.saved, record_steps=chunk), chunk)
+            acc = consume(acc, self.dense_record(r))
+            totals = tuple(a + b for a, b in zip(totals, (r.steps, r.accepted, r.rejected, r.nfe)))
+            return r._replace(rec=()), totals, acc
+
+        s0 = s._replace(rec=())
+        s, totals, acc = tf.while_loop(lambda s, *_: self.running(s), body, (s0, totals0, acc),
+                                       maximum_iterations=n_chunks)
+        final = s._replace(steps=totals[0], accepted=totals[1], rejected=totals[2], nfe=totals[3])
+        return _finish(ctx._replace(record=False), final), acc
+
+    def dense_record(self, s: _State) -> _dense.Record:
+        """The dense output recorded since `resume` (``record_steps``) or `start`, ready to interpolate."""
+        return _dense.finalize(s.rec, s.accepted, self.ctx.direction)
 
 
 class Checkpoint(NamedTuple):

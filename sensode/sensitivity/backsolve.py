@@ -45,6 +45,6 @@ class BacksolveAdjoint(ContinuousAdjoint):
         u, a, gp, gv = y
         return u, a + prob.g_at(t), gp, gv
 
-    def adjoint_result(self, prob, res, method, t0, t1):
+    def adjoint_result(self, prob, res, method, t0, t1, consumed=None):
         _, du0, dp, dv = res.y1
         return du0, dp, dv, 0

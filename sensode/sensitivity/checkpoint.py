@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from .base import Spec
 
-__all__ = ["check_checkpoints", "Checkpoints", "segment_cuts", "segment_cap", "solve_segment", "segmented_forward", "backward_sweep"]
+__all__ = ["check_checkpoints", "first_status", "Checkpoints", "segment_cuts", "segment_cap", "solve_segment", "segmented_forward", "backward_sweep"]
 
 
 def check_checkpoints(checkpoints):
@@ -87,7 +87,7 @@ def solve_segment(spec: Spec, u_start, h_start, c0, c1, ts, p, **kwargs):
     return res, inside
 
 
-def _first_status(status, new):
+def first_status(status, new):
     return tf.where(tf.equal(status, 0), new, status)
 
 
@@ -122,7 +122,7 @@ def segmented_forward(spec: Spec, u0, ts, t0, t1, p, k: int) -> Checkpoints:
         states = tf.tensor_scatter_nd_update(states, [[i + 1]], res.y1[None])
         hs = tf.tensor_scatter_nd_update(hs, [[i + 1]], tf.abs(res.h)[None])
         stats = tuple(a + res.stats[key] for a, key in zip(stats, keys))
-        return i + 1, merge(u_saved, res, inside), states, hs, stats, _first_status(status, res.status)
+        return i + 1, merge(u_saved, res, inside), states, hs, stats, first_status(status, res.status)
 
     _, u_saved, states, hs, stats, status = tf.while_loop(
         lambda i, *_: i < k,
@@ -147,7 +147,7 @@ def backward_sweep(k: int, segment_fn, a0, acc0):
 
     def body(i, a, acc, status):
         a, acc, st = segment_fn(i, a, acc, False)
-        return i - 1, a, acc, _first_status(status, st)
+        return i - 1, a, acc, first_status(status, st)
 
     _, a, acc, status = tf.while_loop(
         lambda i, *_: i > 0,
@@ -156,4 +156,4 @@ def backward_sweep(k: int, segment_fn, a0, acc0):
         maximum_iterations=max(k - 1, 1),
     )
     a, acc, st = segment_fn(0, a, acc, True)
-    return a, acc, _first_status(status, st)
+    return a, acc, first_status(status, st)
