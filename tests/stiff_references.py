@@ -66,8 +66,11 @@ def assert_linear_against_expm(u, ga, gu0):
 # ----------------------------------------------------------------- sensitivities on Robertson
 
 
-def _rober_sens_reference(t1, ts):
-    """d u / d log k at ``ts`` from SciPy Radau on the state plus forward sensitivity equations."""
+def _rober_sens_reference(t1, ts, u0=(1.0, 0.0, 0.0), with_state=False):
+    """d u / d log k ``[T, 3, 3]`` at ``ts`` from SciPy Radau on the state plus forward sensitivity equations.
+
+    With ``with_state``: ``(u [T, 3], d u / d log k)``.
+    """
     k = np.array([0.04, 3e7, 1e4])
 
     def rhs(t, z):
@@ -80,9 +83,10 @@ def _rober_sens_reference(t1, ts):
         dfdk = np.array([[-y1, 0.0, y2 * y3], [y1, -y2**2, -y2 * y3], [0.0, y2**2, 0.0]])
         return np.concatenate([f, (jac @ s + dfdk * k[None, :]).ravel()])
 
-    z0 = np.concatenate([[1.0, 0.0, 0.0], np.zeros(9)])
+    z0 = np.concatenate([np.asarray(u0, np.float64), np.zeros(9)])
     res = solve_ivp(rhs, (0.0, t1), z0, method="Radau", rtol=1e-11, atol=1e-14, t_eval=ts)
-    return res.y.T[:, 3:].reshape(-1, 3, 3)
+    sens = res.y.T[:, 3:].reshape(-1, 3, 3)
+    return (res.y.T[:, :3], sens) if with_state else sens
 
 
 SENS_TS = np.array([1.0, 10.0, 100.0])

@@ -15,39 +15,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy.integrate import solve_ivp
 
 import sensode as sd
 from sensode import models
 from sensode.ode import linear
-from stiff_references import _rober_jac
+from stiff_references import _rober_jac, _rober_sens_reference
 
 BlockLU = sd.linsolve.BlockDiagonalLU
-K = np.array([0.04, 3e7, 1e4])
 U0 = np.array([[1.0, 0.0, 0.0], [0.8, 0.0, 0.2], [0.5, 1e-5, 0.5]])
 TS = np.array([1.0, 10.0, 100.0])
 W = np.array([1.0, 1e4, 1.0])  # y2 is ~1e-5: weight it so all three species matter
 
 
-def _reference(u0):
-    """``(u [T, 3], d u / d log k [T, 3, 3])`` of one group, SciPy Radau on the state and its sensitivities."""
-
-    def rhs(t, z):
-        y, s = z[:3], z[3:].reshape(3, 3)
-        y1, y2, y3 = y
-        f = np.array([-K[0] * y1 + K[2] * y2 * y3, K[0] * y1 - K[1] * y2**2 - K[2] * y2 * y3, K[1] * y2**2])
-        jac = np.array([[-K[0], K[2] * y3, K[2] * y2],
-                        [K[0], -2 * K[1] * y2 - K[2] * y3, -K[2] * y2],
-                        [0.0, 2 * K[1] * y2, 0.0]])
-        dfdk = np.array([[-y1, 0.0, y2 * y3], [y1, -y2**2, -y2 * y3], [0.0, y2**2, 0.0]])
-        return np.concatenate([f, (jac @ s + dfdk * K[None, :]).ravel()])
-
-    res = solve_ivp(rhs, (0.0, 100.0), np.concatenate([u0, np.zeros(9)]), method="Radau", rtol=1e-11, atol=1e-14,
-                    t_eval=TS)
-    return res.y.T[:, :3], res.y.T[:, 3:].reshape(-1, 3, 3)
-
-
-_REFS = [_reference(u0) for u0 in U0]
+_REFS = [_rober_sens_reference(100.0, TS, u0, with_state=True) for u0 in U0]
 U_REF = np.stack([r[0] for r in _REFS], axis=1)  # [T, groups, 3]
 G_REF = sum(np.einsum("tij,i->j", s, W) for _, s in _REFS)  # d(sum_t,g W . u) / d log k
 PROB = models.robertson(u0=U0, tspan=(0.0, 100.0), log_rates=True)

@@ -37,7 +37,7 @@ from ..validation import to_dtype
 from .base import ForwardPass, Gradients, SensitivityAlgorithm, nan_if_failed
 from ..ode.loop import Checkpoint, Stepper
 from .checkpoint import first_status, backward_sweep, segment_cap, segmented_forward, solve_segment
-from .discrete import chunking
+from .discrete import chunking, run_in_chunks
 
 __all__ = ["AdjointProblem", "AdjointResult", "ContinuousAdjoint", "backward_solve", "minus_jac_transposed",
            "adjoint_jac_with_integrals"]
@@ -231,21 +231,8 @@ class ContinuousAdjoint(SensitivityAlgorithm):
 
     def _forward_chunks(self, spec, u0, ts, t0, t1, p) -> ForwardPass:
         stepper = Stepper(spec.rhs(p), u0, t0, t1, spec.method, spec.options, saveat=ts)
-        n_chunks, size = chunking(spec.options.max_steps, None)
-        s = stepper.start(u0)
-        starts = tf.nest.map_structure(
-            lambda x: tf.zeros(tf.concat([[n_chunks], tf.shape(x)], 0), x.dtype), stepper.checkpoint(s))
-
-        def body(j, s, starts):
-            starts = tf.nest.map_structure(
-                lambda b, x: tf.tensor_scatter_nd_update(b, [[j]], x[None]), starts, stepper.checkpoint(s))
-            return j + 1, stepper.run(s, size), starts
-
-        count, s, starts = tf.while_loop(lambda j, s, _: stepper.running(s), body,
-                                         (tf.constant(0, tf.int32), s, starts), maximum_iterations=n_chunks)
-        res = stepper.finish(s)
-        return ForwardPass(res.ys, res.stats, res.status,
-                           _ChunkedAux(tf.nest.map_structure(tf.stop_gradient, starts), count))
+        res, starts, count = run_in_chunks(stepper, u0, *chunking(spec.options.max_steps, None))
+        return ForwardPass(res.ys, res.stats, res.status, _ChunkedAux(starts, count))
 
     def _backward_chunks(self, spec, u0, ts, t0, t1, p, variables, aux: _ChunkedAux, g_u):
         _, size = chunking(spec.options.max_steps, None)

@@ -39,7 +39,7 @@ from ..params import Params
 from .base import ForwardPass, Gradients, SensitivityAlgorithm
 from .checkpoint import check_checkpoints
 
-__all__ = ["DiscreteAdjoint", "SteadyStateAdjoint", "chunking"]
+__all__ = ["DiscreteAdjoint", "SteadyStateAdjoint", "chunking", "run_in_chunks"]
 
 
 def chunking(max_steps: int, checkpoints: int | None) -> tuple[int, int]:
@@ -52,6 +52,28 @@ def chunking(max_steps: int, checkpoints: int | None) -> tuple[int, int]:
     k = min(k, max_steps)
     size = -(-max_steps // k)
     return -(-max_steps // size), size
+
+
+def run_in_chunks(stepper: Stepper, u0, n_chunks: int, size: int):
+    """Run ``stepper`` from ``u0`` in chunks of ``size`` iterations, keeping the loop state at each chunk's start.
+
+    Returns ``(result, starts, count)``: the `IntegrateResult`, the
+    checkpoints (`Stepper.checkpoint`, each field stacked ``[n_chunks, ...]``,
+    gradients stopped) and the number of chunks run. `Stepper.resume` from
+    ``starts[j]`` repeats chunk ``j`` exactly.
+    """
+    s = stepper.start(u0)
+    starts = tf.nest.map_structure(
+        lambda x: tf.zeros(tf.concat([[n_chunks], tf.shape(x)], 0), x.dtype), stepper.checkpoint(s))
+
+    def body(j, s, starts):
+        starts = tf.nest.map_structure(
+            lambda b, x: tf.tensor_scatter_nd_update(b, [[j]], x[None]), starts, stepper.checkpoint(s))
+        return j + 1, stepper.run(s, size), starts
+
+    count, s, starts = tf.while_loop(lambda j, s, _: stepper.running(s), body,
+                                     (tf.constant(0, tf.int32), s, starts), maximum_iterations=n_chunks)
+    return stepper.finish(s), tf.nest.map_structure(tf.stop_gradient, starts), count
 
 
 class _Chunks(NamedTuple):
@@ -94,21 +116,8 @@ class DiscreteAdjoint(SensitivityAlgorithm):
 
     def forward(self, spec, u0, ts, t0, t1, p, variables) -> ForwardPass:
         stepper = self._stepper(spec, u0, ts, t0, t1, p)
-        n_chunks, size = chunking(spec.options.max_steps, self.checkpoints)
-        s = stepper.start(u0)
-        starts = tf.nest.map_structure(
-            lambda x: tf.zeros(tf.concat([[n_chunks], tf.shape(x)], 0), x.dtype), stepper.checkpoint(s))
-
-        def body(j, s, starts):
-            starts = tf.nest.map_structure(
-                lambda b, x: tf.tensor_scatter_nd_update(b, [[j]], x[None]), starts, stepper.checkpoint(s))
-            return j + 1, stepper.run(s, size), starts
-
-        count, s, starts = tf.while_loop(lambda j, s, _: stepper.running(s), body,
-                                         (tf.constant(0, tf.int32), s, starts), maximum_iterations=n_chunks)
-        res = stepper.finish(s)
-        aux = _Chunks(tf.nest.map_structure(tf.stop_gradient, starts), count)
-        return ForwardPass(res.ys, res.stats, res.status, aux)
+        res, starts, count = run_in_chunks(stepper, u0, *chunking(spec.options.max_steps, self.checkpoints))
+        return ForwardPass(res.ys, res.stats, res.status, _Chunks(starts, count))
 
     def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u) -> Gradients:
         _, size = chunking(spec.options.max_steps, self.checkpoints)
