@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import tfcompat
-from ..nonlinear.linsolve import LU
+from ..nonlinear.linsolve import LU, BlockDiagonalLU
 
 # Reverse mode through the Jacobian's JVPs under XLA (the discrete adjoint) can need a third derivative of an `f`
 # that concatenates (`tfcompat.register_missing_gradients`).
@@ -265,9 +265,9 @@ def factorise(g: Callable, t, yv, inv_gh, *, block_size: int | None = None, jac=
     ``with_t`` (else None).
     """
     n = yv.shape[0]
-    if block_size is not None and n % block_size:
-        raise ValueError(f"linsolve=BlockDiagonalLU({block_size}): the state has {n} elements (batch included), "
-                         f"which is not a multiple of `block_size` = {block_size}")
+    structure = None if block_size is None else BlockDiagonalLU(block_size)
+    if structure is not None:
+        structure.check_size(n, f"linsolve=BlockDiagonalLU({block_size}) (the state, batch included)")
     if jac is None:
         if block_size is None:
             jac, dt = jacobian(g, t, yv, with_t=with_t)
@@ -279,13 +279,7 @@ def factorise(g: Callable, t, yv, inv_gh, *, block_size: int | None = None, jac=
     dt = time_derivative(g, t, yv) if with_t else None
     if block_size is None:
         return Factorised(jac, inv_gh), dt
-    return BlockFactorised(_diagonal_blocks(jac, block_size), inv_gh), dt
-
-
-def _diagonal_blocks(a, b: int):
-    """``[N / b, b, b]`` diagonal blocks of ``a`` ``[N, N]``."""
-    nb = a.shape[-1] // b
-    return tf.transpose(tf.linalg.diag_part(tf.transpose(tf.reshape(a, [nb, b, nb, b]), [1, 3, 0, 2])), [2, 0, 1])
+    return BlockFactorised(structure.blocks(jac), inv_gh), dt
 
 
 class Factorised:
@@ -413,7 +407,6 @@ class BlockFactorised(Factorised):
         lu = LU()
         factors = tf.nest.map_structure(tf.stop_gradient, lu.factor(tf.stop_gradient(self.m), estimate_condition=False))
         self.singular = tf.reduce_any(factors.singular)
-        self.blocked = None
         if b <= INVERSE_UP_TO_UNDER_XLA:
             eye = tf.eye(b, batch_shape=[nb], dtype=blocks.dtype)
             self.factors, self.inverse = None, tf.stop_gradient(lu.solve_factored(factors, eye).x)  # NaN if singular

@@ -32,11 +32,11 @@ import tensorflow as tf
 from ..derivatives import graph_if_eager, vjp
 from ..ode import dense
 from ..ode.linear import WithJacobian, jacobian
+from ..ode.loop import Checkpoint, Stepper
 from ..params import Params
 from ..validation import to_dtype
 from .base import ForwardPass, Gradients, SensitivityAlgorithm, nan_if_failed
-from ..ode.loop import Checkpoint, Stepper
-from .checkpoint import first_status, backward_sweep, segment_cap, segmented_forward, solve_segment
+from .checkpoint import backward_sweep, first_status, segment_cap, segmented_forward, solve_segment
 from .discrete import chunking, run_in_chunks
 
 __all__ = ["AdjointProblem", "AdjointResult", "ContinuousAdjoint", "backward_solve", "minus_jac_transposed",
@@ -131,7 +131,7 @@ class _Aux(NamedTuple):
 
 
 class _ChunkedAux(NamedTuple):
-    """The forward pass of `ContinuousAdjoint.chunked_record`: loop states at chunk starts, no dense output."""
+    """The forward pass of a recording `ContinuousAdjoint`: loop states at chunk starts, no dense output."""
 
     starts: Checkpoint  # each field stacked: [n_chunks, ...]
     count: tf.Tensor  # chunks used
@@ -155,9 +155,6 @@ class ContinuousAdjoint(SensitivityAlgorithm):
     # ------------------------------------------------------------------ hooks
     records_forward = True  # does the backward pass read the forward dense output?
     records_backward = False  # does `adjoint_result` read the backward dense output?
-    # Record the forward dense output chunk by chunk (re-run in the backward
-    # pass, `_backward_chunks`) instead of in `max_steps`-entry buffers?
-    chunked_record = False
 
     def adjoint_state(self, prob: AdjointProblem, a, gp, gv):
         """``(y0, include_in_norm)`` of the backward solve at ``t1``."""
@@ -202,9 +199,9 @@ class ContinuousAdjoint(SensitivityAlgorithm):
         if k:
             cp = segmented_forward(spec, u0, ts, t0, t1, p, k)
             return ForwardPass(cp.u, cp.stats, cp.status, cp)
-        if self.chunked_record and self.records_forward:
+        if self.records_forward:  # the dense output is recorded chunk by chunk in the backward pass
             return self._forward_chunks(spec, u0, ts, t0, t1, p)
-        res = spec.solve_plain(u0, ts, t0, t1, p, record=self.records_forward)
+        res = spec.solve_plain(u0, ts, t0, t1, p)
         return ForwardPass(res.ys, res.stats, res.status, _Aux(res.y1, res.record, res.h))
 
     def backward(self, spec, u0, ts, t0, t1, p, variables, aux, g_u) -> Gradients:
@@ -236,10 +233,7 @@ class ContinuousAdjoint(SensitivityAlgorithm):
 
     def _backward_chunks(self, spec, u0, ts, t0, t1, p, variables, aux: _ChunkedAux, g_u):
         _, size = chunking(spec.options.max_steps, None)
-        rank = u0.shape.rank
-        at_end = tf.reshape(tf.cast(tf.equal(ts, t1), u0.dtype), [-1] + [1] * rank)
-        a0 = tf.reduce_sum(at_end * g_u, axis=0)  # the loss gradient at t1
-        acc0 = ([tf.zeros_like(x) for x in Params(p).float_leaves], [tf.zeros_like(v) for v in variables])
+        a0, acc0 = _chained_start(u0, ts, t1, p, variables, g_u)
 
         def chunk(j, a, acc, status):
             start = tf.nest.map_structure(lambda b: b[j], aux.starts)
@@ -256,10 +250,7 @@ class ContinuousAdjoint(SensitivityAlgorithm):
 
     def _backward_segments(self, spec, u0, ts, t0, t1, p, variables, cp, g_u):
         k = self.checkpoint_count()
-        rank = u0.shape.rank
-        at_end = tf.reshape(tf.cast(tf.equal(ts, t1), u0.dtype), [-1] + [1] * rank)
-        a0 = tf.reduce_sum(at_end * g_u, axis=0)  # the loss gradient at t1
-        acc0 = ([tf.zeros_like(x) for x in Params(p).float_leaves], [tf.zeros_like(v) for v in variables])
+        a0, acc0 = _chained_start(u0, ts, t1, p, variables, g_u)
 
         def segment(i, a, acc, first):
             dt = spec.options.dt if first else cp.steps[i]
@@ -272,6 +263,13 @@ class ContinuousAdjoint(SensitivityAlgorithm):
 
         a, acc, status = backward_sweep(k, segment, a0, acc0)
         return a, acc[0], acc[1], status
+
+
+def _chained_start(u0, ts, t1, p, variables, g_u):
+    """``(a, (dp, dvars))`` at ``t1`` for a backward pass chained over pieces: the loss gradient there, zeros."""
+    at_end = tf.reshape(tf.cast(tf.equal(ts, t1), u0.dtype), [-1] + [1] * u0.shape.rank)
+    acc0 = ([tf.zeros_like(x) for x in Params(p).float_leaves], [tf.zeros_like(v) for v in variables])
+    return tf.reduce_sum(at_end * g_u, axis=0), acc0
 
 
 def _backward_options(spec, alg: ContinuousAdjoint, h_init):

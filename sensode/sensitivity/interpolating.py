@@ -40,8 +40,6 @@ class InterpolatingAdjoint(ContinuousAdjoint):
 
     checkpoints: int | None = None
 
-    chunked_record = True
-
     def __post_init__(self):
         check_checkpoints(self.checkpoints)
 

@@ -40,7 +40,6 @@ class QuadratureAdjoint(ContinuousAdjoint):
     """
 
     records_backward = True
-    chunked_record = True
 
     def adjoint_state(self, prob, a, gp, gv):
         return (a,), (True,)
