@@ -17,6 +17,17 @@ __all__ = ["vjp", "batched_jvp", "batched_jvp_derivative", "map_batch", "graph_i
 _ZERO = tf.UnconnectedGradients.ZERO
 
 
+def densify(grads: list) -> list:
+    """``grads`` with every `tf.IndexedSlices` converted to a dense tensor.
+
+    ``tf.gather`` (or a Keras ``Embedding``) on the state, the parameters or
+    a variable makes the gradient with respect to it an `tf.IndexedSlices`,
+    which cannot be a loop variable, a `tf.cond` output or a factor of
+    ``-1.0 * g``. The solvers only ever accumulate whole gradients.
+    """
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+
+
 def vjp(f, t, u, p, variables, cot, *, wrt_t: bool = False):
     """Vector--Jacobian products of ``f(t, u, p)`` with the cotangent ``cot``.
 
@@ -46,7 +57,7 @@ def vjp(f, t, u, p, variables, cot, *, wrt_t: bool = False):
             tape.watch(v)
         out = f(t, u, params.pack(float_leaves))
     sources = [u] + float_leaves + list(variables) + ([t] if wrt_t else [])
-    grads = tape.gradient(out, sources, output_gradients=cot, unconnected_gradients=_ZERO)
+    grads = densify(tape.gradient(out, sources, output_gradients=cot, unconnected_gradients=_ZERO))
     n_p = len(float_leaves)
     du = grads[0]
     dp = grads[1 : 1 + n_p]

@@ -519,11 +519,13 @@ class SensitivitySystem:
     Jacobian.
     """
 
-    def __init__(self, fn: Callable, state_fn: Callable, state_jac: Callable | None, coupling: Callable):
+    def __init__(self, fn: Callable, state_fn: Callable, state_jac: Callable | None, coupling: Callable,
+                 inline_fn: Callable | None = None):
         self.fn = fn
         self.state_fn = state_fn
         self.state_jac = state_jac
         self.coupling = coupling
+        self.inline_fn = inline_fn  # ``fn`` not wrapped in a graph function (see Rosenbrock._time_derivative)
 
     def __call__(self, t, y):
         return self.fn(t, y)

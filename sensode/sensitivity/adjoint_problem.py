@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from ..derivatives import graph_if_eager, vjp
+from ..derivatives import densify, graph_if_eager, vjp
 from ..ode import dense
 from ..ode.linear import WithJacobian, jacobian
 from ..ode.loop import Checkpoint, Stepper
@@ -78,8 +78,8 @@ class AdjointProblem(NamedTuple):
                 for v in self.variables:
                     tape.watch(v)
                 val = self.g_cont(t, u, self.params.pack(leaves))
-            extra = tape.gradient(val, [u] + leaves + list(self.variables),
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            extra = densify(tape.gradient(val, [u] + leaves + list(self.variables),
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO))
             n_p = len(leaves)
             da = da - extra[0]
             dgp = [x - e for x, e in zip(dgp, extra[1 : 1 + n_p])]

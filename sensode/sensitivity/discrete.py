@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import tensorflow as tf
 
+from ..derivatives import densify
 from ..ode.linear import differentiated_jacobians
 from ..ode.loop import Checkpoint, Stepper
 from ..params import Params
@@ -136,8 +137,8 @@ class DiscreteAdjoint(SensitivityAlgorithm):
                 s = stepper.run(stepper.resume(start), size)
                 # Save rows this chunk did not write are zero: only its own count.
                 objective = tf.reduce_sum(s.saved[0] * g_u) + tf.reduce_sum(s.y[0] * a)
-            grads = tape.gradient(objective, [start.y[0]] + leaves + list(variables),
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = densify(tape.gradient(objective, [start.y[0]] + leaves + list(variables),
+                                        unconnected_gradients=tf.UnconnectedGradients.ZERO))
             return j - 1, grads[0], [x + g for x, g in zip(acc, grads[1:])]
 
         acc0 = [tf.zeros_like(x) for x in params.float_leaves] + [tf.zeros_like(v) for v in variables]

@@ -110,7 +110,8 @@ def forward_solve(spec, u0, ts, t0, t1, p, variables):
         state_jac = None if spec.jac is None else (lambda t, u: spec.jac(t, u, p))
         fn = SensitivitySystem(fn, lambda t, u: spec.f(t, u, p), state_jac,
                                traced_once(lambda t, u, s, x: batched_jvp_derivative(spec.f, t, u, p, variables, s,
-                                                                                      p_tan, v_tan, x)))
+                                                                                      p_tan, v_tan, x)),
+                               inline_fn=rhs)
     max_steps = STEP_BUDGET_FACTOR * spec.options.max_steps
     res = spec.integrate(fn, (u0, s0), t0, t1, saveat=ts, max_steps=max_steps)
     return res, dirs
