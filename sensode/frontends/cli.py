@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import compilation_cache, models
-from .comparison import compare_sensitivities, parse_sensealg
+from .comparison import BACKSOLVE_NOTE, compare_sensitivities, parse_sensealg
 from ..ode.auto import AutoTsit5Rodas5
 from ..ode.methods import BS3, DP5, DP8, Tsit5
 from ..ode.rosenbrock import Rodas5, Rosenbrock23
@@ -142,6 +142,8 @@ def main(argv):
     t0, t1 = (float(x) for x in prob.tspan)
     saveat = tf.constant(np.linspace(t0, t1, FLAGS.saves), prob.u0.dtype)
     sensealgs = [parse_sensealg(s) for s in FLAGS.sensealgs] if FLAGS.sensealgs else None
+    if sensealgs is None and alg.stiff:
+        print(BACKSOLVE_NOTE, file=sys.stderr)
     start = time.perf_counter()
     try:
         result = compare_sensitivities(

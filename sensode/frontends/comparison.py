@@ -70,6 +70,10 @@ FORWARD_MAX_ENTRIES = 2_000_000
 STIFF_FORWARD_MAX_ENTRIES = 50
 # Checkpoint count of the checkpointed variants in the default list.
 DEFAULT_CHECKPOINTS = 4
+# Why the default list has no BacksolveAdjoint row with a stiff method.
+BACKSOLVE_NOTE = ("BacksolveAdjoint is not a default row with a stiff method: re-integrating a stiff problem "
+                  "backwards is unstable (its gradient is NaN with a failure status); --sensealgs=BacksolveAdjoint "
+                  "runs it")
 
 
 def sensealg_name(sa) -> str:
@@ -113,11 +117,14 @@ def default_sensealgs(prob, wrt=("p",), alg=None) -> list:
     With a stiff method ForwardSensitivity is in the list for small problems only
     (Robertson, Van der Pol; name it in ``sensealgs`` to include it for HIRES or POLLU):
     its compile time grows with the number of state-tangent entries (HIRES: 72 s).
+    BacksolveAdjoint is left out with a stiff method (`BACKSOLVE_NOTE`): integrating a
+    stiff problem backwards is unstable and its row could only fail; name it in
+    ``sensealgs`` to see it fail.
     """
     n_u, n_theta = _sizes(prob, wrt)
     algs = [ForwardSensitivity()] if _forward_applicable(n_u, n_theta, alg) else []
-    return algs + [
-        DiscreteAdjoint(), DiscreteAdjoint(checkpoints=DEFAULT_CHECKPOINTS), BacksolveAdjoint(),
+    backsolve = [] if getattr(alg, "stiff", False) else [BacksolveAdjoint()]
+    return algs + [DiscreteAdjoint(), DiscreteAdjoint(checkpoints=DEFAULT_CHECKPOINTS)] + backsolve + [
         InterpolatingAdjoint(), InterpolatingAdjoint(checkpoints=DEFAULT_CHECKPOINTS), QuadratureAdjoint(),
     ]
 
@@ -425,7 +432,9 @@ def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, toleran
     value(theta0)  # trace once; the reported time is that of the 2 n solves
     t = time.perf_counter()
     for i in range(n):
-        h = 1e-4 * max(1.0, abs(th[i]))
+        # Relative to the parameter: rate constants span 1e-4 .. 1e11 (POLLU), and a step
+        # of 1e-4 on k = 8.6e-4 (the absolute floor this had) made the row inaccurate.
+        h = 1e-4 * (abs(th[i]) or 1.0)
         vals = []
         for s in (1.0, -1.0):
             x = th.copy()
