@@ -110,8 +110,7 @@ def test_variable_read_inside_f(name):
 GATHER_K = np.array([0.4, 1.3])
 
 
-@pytest.mark.parametrize("name,alg", [("forward", sd.Rodas5), ("backsolve", sd.Tsit5), ("interpolating", sd.Rodas5),
-                                      ("interpolating_ckpt", sd.Tsit5), ("quadrature", sd.Kvaerno5)])
+@pytest.mark.parametrize("name,alg", [("forward", sd.Rodas5), ("backsolve", sd.Tsit5), ("interpolating", sd.Rodas5)])
 def test_f_gathering_from_its_state_parameters_and_a_variable(name, alg):
     # tf.gather in f makes its gradients IndexedSlices (they broke the continuous adjoints' loops and
     # conds), and a forward-mode tangent in t through a gather failed inside TensorFlow (forward
