@@ -119,6 +119,36 @@ def batched_jvp_derivative(f, t, u, p, variables, u_tangents, p_tangents, v_tang
     return map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))
 
 
+def batched_jvp_time_derivative(f, t, u, p, variables, u_tangents, p_tangents, v_tangents):
+    """``(df/dt, d/dt [batched_jvp products])`` at ``(t, u)``: the ``t``-derivative of a forward-sensitivity system.
+
+    ``df/dt`` is shaped like ``u``; the second part ``[M, *u.shape]`` holds,
+    for direction ``j``, ``d/dt [(df/du) s_j + (df/dθ) θ_j]`` (second
+    derivatives of ``f``), by a forward-mode tangent in ``t`` around the
+    direction's accumulator inside one vectorised map, as
+    `batched_jvp_derivative` does for ``u``. A tangent in ``t`` around a
+    call of the traced system instead fails inside TensorFlow when ``f``
+    gathers from its parameters, and under XLA when ``f`` concatenates (pfor's
+    fallback loop is unbounded).
+    """
+    params = Params(p)
+    float_leaves = params.float_leaves
+    one_t = tf.ones_like(t)
+
+    def one(tangents):
+        tu, tp, tv = tangents
+        primals = [u] + float_leaves + list(variables)
+        with tf.autodiff.ForwardAccumulator(primals=t, tangents=one_t) as outer:
+            with tf.autodiff.ForwardAccumulator(primals=primals, tangents=[tu] + list(tp) + list(tv)) as acc:
+                out = f(t, u, params.pack(float_leaves))
+            inner = acc.jvp(out, unconnected_gradients=_ZERO)
+        return outer.jvp(inner, unconnected_gradients=_ZERO)
+
+    with tf.autodiff.ForwardAccumulator(primals=t, tangents=one_t) as acc:
+        out = f(t, u, params.pack(float_leaves))
+    return acc.jvp(out, unconnected_gradients=_ZERO), map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))
+
+
 def graph_if_eager(fn):
     """Run ``fn`` as a graph function when executing eagerly.
 

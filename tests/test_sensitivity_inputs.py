@@ -113,8 +113,9 @@ GATHER_K = np.array([0.4, 1.3])
 @pytest.mark.parametrize("name,alg", [("forward", sd.Rodas5), ("backsolve", sd.Tsit5), ("interpolating", sd.Rodas5)])
 def test_f_gathering_from_its_state_parameters_and_a_variable(name, alg):
     # tf.gather in f makes its gradients IndexedSlices (they broke the continuous adjoints' loops and
-    # conds), and a forward-mode tangent in t through a gather failed inside TensorFlow (forward
-    # sensitivities with a Rosenbrock method). u_i' = -k_i u_i, k gathered from p or from a variable.
+    # conds); forward sensitivities with a Rosenbrock method failed on a gather (a forward-mode
+    # tangent in t through the traced system) and under XLA on a tf.concat (pfor's unbounded fallback
+    # loop). u_i' = -k_i u_i, k gathered from p or from a variable, u gathered and concatenated.
     u0 = tf.constant([1.0, 2.0], F64)
     p = tf.constant(GATHER_K, F64)
     kv = tf.Variable(GATHER_K, dtype=F64)
@@ -123,7 +124,8 @@ def test_f_gathering_from_its_state_parameters_and_a_variable(name, alg):
     for from_variable in (False, True):
         def f(t, u, p):
             k = tf.gather(kv if from_variable else p, [0, 1])
-            return -k * tf.gather(u, [0, 1])
+            ext = tf.concat([tf.gather(u, [0, 1]), tf.ones_like(u[:1])], axis=0)
+            return -k * ext[:2] * ext[2]
 
         with tf.GradientTape() as tape:
             tape.watch([u0, p])

@@ -511,7 +511,10 @@ class SensitivitySystem:
     u)`` is ``f`` alone and ``state_jac(t, u) -> [n, n]`` its Jacobian when
     the problem supplies one (else None: automatic differentiation of
     ``state_fn``); ``coupling(t, u, S, x) -> [M, *u.shape]`` applies the
-    coupling block ``B = d(J S + df/dθ)/du`` to ``x`` (shaped like ``u``).
+    coupling block ``B = d(J S + df/dθ)/du`` to ``x`` (shaped like ``u``);
+    ``time_derivative(t, u, S) -> (df/dt, d(J S + df/dθ)/dt)`` is the
+    system's ``t``-derivative (`batched_jvp_time_derivative`; None: a
+    forward-mode tangent in ``t`` through ``fn``).
     The stiff methods recognise it and solve with the augmented matrix ``I /
     (gamma h) - [[J, 0], [B, I_M (x) J]]`` through the state's own
     factorised ``n x n`` matrix (`SensitivityFactorised`), as CVODES does,
@@ -520,12 +523,12 @@ class SensitivitySystem:
     """
 
     def __init__(self, fn: Callable, state_fn: Callable, state_jac: Callable | None, coupling: Callable,
-                 inline_fn: Callable | None = None):
+                 time_derivative: Callable | None = None):
         self.fn = fn
         self.state_fn = state_fn
         self.state_jac = state_jac
         self.coupling = coupling
-        self.inline_fn = inline_fn  # ``fn`` not wrapped in a graph function (see Rosenbrock._time_derivative)
+        self.time_derivative = time_derivative
 
     def __call__(self, t, y):
         return self.fn(t, y)

@@ -207,8 +207,7 @@ class Stepper:
         if isinstance(fn, WithJacobian):  # a supplied Jacobian follows the flat view
             flat_fn = WithJacobian(flat_fn, lambda t, y: fn.jac(t, tf.nest.pack_sequence_as(structure, y)))
         elif isinstance(fn, SensitivitySystem):  # (u, S): flattened to [u, S], the structure kept
-            inline = fn.inline_fn and (lambda t, y: tf.nest.flatten(fn.inline_fn(t, tf.nest.pack_sequence_as(structure, y))))
-            flat_fn = SensitivitySystem(flat_fn, fn.state_fn, fn.state_jac, fn.coupling, inline)
+            flat_fn = SensitivitySystem(flat_fn, fn.state_fn, fn.state_jac, fn.coupling, fn.time_derivative)
 
         self.ctx = _context(flat_fn, structure, method, self.options, flat0, t0, t1, saveat, tstops, jump,
                             include_in_norm, record, stop_controller_gradients)

@@ -148,25 +148,13 @@ class _Stiff(ODEMethod):
             return factorise(g, t, yv, inv_gh, block_size=block, jac=jac, with_t=with_t)
         return w, (self._time_derivative(fn, layout, g, t, yv) if with_t else None)
 
-    def _time_derivative(self, fn, layout: Layout, g, t, yv):
-        """``df/dt`` of the flat system ``g``; for a forward-sensitivity system, inline if need be.
-
-        A forward-mode tangent in ``t`` through the sensitivity system's graph
-        function fails inside TensorFlow when ``f`` gathers (``tf.gather``)
-        from its parameters (the nested accumulators' JVP of the gather in a
-        called function: an internal AttributeError or TypeError, surfacing
-        as a SystemError or a TypeError). The same derivative through the
-        untraced right-hand side works; it costs one more trace of it per
-        step function, so only then. An error of ``f`` itself is raised
-        again by the inline trace.
-        """
-        inline = getattr(fn, "inline_fn", None)
-        if inline is None:
-            return time_derivative(g, t, yv)
-        try:
-            return time_derivative(g, t, yv)
-        except Exception:  # noqa: BLE001 -- retried inline; a genuine error recurs there
-            return time_derivative(self._vector_fn(inline, layout), t, yv)
+    @staticmethod
+    def _time_derivative(fn, layout: Layout, g, t, yv):
+        """``df/dt`` of the flat system ``g`` at ``(t, yv)``; a forward-sensitivity system supplies its own."""
+        if isinstance(fn, SensitivitySystem):
+            u, s = layout.unvec(yv)
+            return layout.vec(list(fn.time_derivative(t, u, s)))
+        return time_derivative(g, t, yv)
 
     @property
     def krylov(self) -> bool:

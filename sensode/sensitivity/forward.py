@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from ..derivatives import batched_jvp, batched_jvp_derivative, traced_once
+from ..derivatives import batched_jvp, batched_jvp_derivative, batched_jvp_time_derivative, traced_once
 from ..ode.linear import SensitivitySystem
 from ..params import Params
 from .base import ForwardPass, Gradients, SensitivityAlgorithm
@@ -111,7 +111,8 @@ def forward_solve(spec, u0, ts, t0, t1, p, variables):
         fn = SensitivitySystem(fn, lambda t, u: spec.f(t, u, p), state_jac,
                                traced_once(lambda t, u, s, x: batched_jvp_derivative(spec.f, t, u, p, variables, s,
                                                                                       p_tan, v_tan, x)),
-                               inline_fn=rhs)
+                               traced_once(lambda t, u, s: batched_jvp_time_derivative(spec.f, t, u, p, variables, s,
+                                                                                       p_tan, v_tan)))
     max_steps = STEP_BUDGET_FACTOR * spec.options.max_steps
     res = spec.integrate(fn, (u0, s0), t0, t1, saveat=ts, max_steps=max_steps)
     return res, dirs
