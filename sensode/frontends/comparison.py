@@ -398,8 +398,7 @@ def compare_sensitivities(
         rows.append(row)
 
     if finite_differences:
-        rows.append(_fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say,
-                            jit_compile))
+        rows.append(_fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say))
     memory_note = (f"peak memory: tf.config.experimental.get_memory_info('{device}')['peak'] during one call"
                    if memory_ok else f"peak memory: not measured (the allocator of {device} keeps no statistics; "
                    f"{MEMORY_HINT})")
@@ -410,7 +409,7 @@ def compare_sensitivities(
                       tolerance=float(tolerance), problem=desc, memory_note=memory_note)
 
 
-def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say, jit_compile):
+def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, tolerance, fd_max_params, say):
     n = int(theta0.shape[0])
     row = Row(sensealg="finite differences", nfe_backward=0, nfe_note="0: 2 x len(θ) forward solves, no backward pass")
     if n > fd_max_params:
@@ -418,9 +417,10 @@ def _fd_row(prob64, loss64, build, alg, ref_kw, theta0, g_ref, ref_norm, toleran
         return row
     say(f"finite differences: {2 * n} float64 solves at the reference tolerances ...")
 
-    # Compiled like the rows: 2 len(θ) solves at tight tolerances are slow op by op
-    # with a stiff method (HIRES: 14.7 s in plain tf.function).
-    @tf.function(autograph=False, jit_compile=jit_compile)
+    # Always under XLA: a forward solve compiles in seconds, and 2 len(θ) solves at
+    # tight tolerances in a plain graph are slow with a stiff method (HIRES: 35 s
+    # against 0.7 s, 3 December 2026; the rows' `jit_compile` is about gradients).
+    @tf.function(autograph=False, jit_compile=True)
     def value(theta):
         u0, p = build(theta, tf.float64)
         sol = solve(prob64.remake(u0=u0, p=p), alg, sensealg=DiscreteAdjoint(), throw=False, **ref_kw)
