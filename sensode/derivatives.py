@@ -104,19 +104,7 @@ def batched_jvp_derivative(f, t, u, p, variables, u_tangents, p_tangents, v_tang
     ``u``; returns ``[M, *u.shape]``. This is the coupling block ``B x`` of a
     forward-sensitivity system's Jacobian.
     """
-    params = Params(p)
-    float_leaves = params.float_leaves
-
-    def one(tangents):
-        tu, tp, tv = tangents
-        primals = [u] + float_leaves + list(variables)
-        with tf.autodiff.ForwardAccumulator(primals=u, tangents=x) as outer:
-            with tf.autodiff.ForwardAccumulator(primals=primals, tangents=[tu] + list(tp) + list(tv)) as acc:
-                out = f(t, u, params.pack(float_leaves))
-            inner = acc.jvp(out, unconnected_gradients=_ZERO)
-        return outer.jvp(inner, unconnected_gradients=_ZERO)
-
-    return map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))
+    return _nested_jvps(f, t, u, p, variables, u_tangents, p_tangents, v_tangents, u, x)
 
 
 def batched_jvp_time_derivative(f, t, u, p, variables, u_tangents, p_tangents, v_tangents):
@@ -131,22 +119,28 @@ def batched_jvp_time_derivative(f, t, u, p, variables, u_tangents, p_tangents, v
     gathers from its parameters, and under XLA when ``f`` concatenates (pfor's
     fallback loop is unbounded).
     """
+    one_t = tf.ones_like(t)
+    with tf.autodiff.ForwardAccumulator(primals=t, tangents=one_t) as acc:
+        out = f(t, u, p)
+    dt = acc.jvp(out, unconnected_gradients=_ZERO)
+    return dt, _nested_jvps(f, t, u, p, variables, u_tangents, p_tangents, v_tangents, t, one_t)
+
+
+def _nested_jvps(f, t, u, p, variables, u_tangents, p_tangents, v_tangents, outer_primal, outer_tangent):
+    """``[M, *u.shape]``: `batched_jvp`'s product ``j`` differentiated along ``outer_primal -> + eps outer_tangent``."""
     params = Params(p)
     float_leaves = params.float_leaves
-    one_t = tf.ones_like(t)
 
     def one(tangents):
         tu, tp, tv = tangents
         primals = [u] + float_leaves + list(variables)
-        with tf.autodiff.ForwardAccumulator(primals=t, tangents=one_t) as outer:
+        with tf.autodiff.ForwardAccumulator(primals=outer_primal, tangents=outer_tangent) as outer:
             with tf.autodiff.ForwardAccumulator(primals=primals, tangents=[tu] + list(tp) + list(tv)) as acc:
                 out = f(t, u, params.pack(float_leaves))
             inner = acc.jvp(out, unconnected_gradients=_ZERO)
         return outer.jvp(inner, unconnected_gradients=_ZERO)
 
-    with tf.autodiff.ForwardAccumulator(primals=t, tangents=one_t) as acc:
-        out = f(t, u, params.pack(float_leaves))
-    return acc.jvp(out, unconnected_gradients=_ZERO), map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))
+    return map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))
 
 
 def graph_if_eager(fn):
