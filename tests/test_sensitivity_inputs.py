@@ -107,38 +107,6 @@ def test_variable_read_inside_f(name):
     assert_close(f"{name} dL/du0", du0.numpy(), DECAY_W * e, 1e-7)
 
 
-GATHER_K = np.array([0.4, 1.3])
-
-
-@pytest.mark.parametrize("name,alg", [("forward", sd.Rodas5), ("backsolve", sd.Tsit5), ("interpolating", sd.Rodas5)])
-def test_f_gathering_from_its_state_parameters_and_a_variable(name, alg):
-    # tf.gather in f makes its gradients IndexedSlices (they broke the continuous adjoints' loops and
-    # conds); forward sensitivities with a Rosenbrock method failed on a gather (a forward-mode
-    # tangent in t through the traced system) and under XLA on a tf.concat (pfor's unbounded fallback
-    # loop). u_i' = -k_i u_i, k gathered from p or from a variable, u gathered and concatenated.
-    u0 = tf.constant([1.0, 2.0], F64)
-    p = tf.constant(GATHER_K, F64)
-    kv = tf.Variable(GATHER_K, dtype=F64)
-    ts = np.array([0.5, 1.0])
-    w = np.array([1.0, -0.5])
-    for from_variable in (False, True):
-        def f(t, u, p):
-            k = tf.gather(kv if from_variable else p, [0, 1])
-            ext = tf.concat([tf.gather(u, [0, 1]), tf.ones_like(u[:1])], axis=0)
-            return -k * ext[:2] * ext[2]
-
-        with tf.GradientTape() as tape:
-            tape.watch([u0, p])
-            prob = sd.ODEProblem(f, u0, (0.0, 1.0), None if from_variable else p)
-            sol = sd.solve(prob, alg(), sensealg=SENSEALGS[name], saveat=tf.constant(ts, F64), rtol=1e-9, atol=1e-11)
-            loss = tf.reduce_sum(sol.u * w)
-        dk, du0 = tape.gradient(loss, [kv if from_variable else p, u0])
-        e = np.exp(-np.outer(ts, GATHER_K))  # [T, 2]
-        want_dk = -(ts[:, None] * e).sum(axis=0) * w * u0.numpy()
-        assert_close(f"{name} dL/dk (variable={from_variable})", tf.convert_to_tensor(dk).numpy(), want_dk, 1e-6)
-        assert_close(f"{name} dL/du0 (variable={from_variable})", du0.numpy(), e.sum(axis=0) * w, 1e-6)
-
-
 @pytest.mark.parametrize("name", ["forward", "discrete_ckpt", "interpolating"])
 def test_keras_dense_weights(name):
     # u' = Dense(u) = K^T u + b. With z = [u; 1], z' = M z, M = [[K^T, b], [0, 0]]:
