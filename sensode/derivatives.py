@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from .params import Params
 
-__all__ = ["vjp", "batched_jvp", "batched_jvp_derivative", "map_batch", "graph_if_eager", "traced_once"]
+__all__ = ["vjp", "densify", "batched_jvp", "batched_jvp_derivative", "batched_jvp_time_derivative", "map_batch",
+           "graph_if_eager", "traced_once"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
 

@@ -12,6 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from scipy.integrate import solve_ivp
 
 import sensode as sd
 from stiff_references import SENS_REF, _sens_grad
@@ -76,3 +78,29 @@ def test_discrete_adjoint_under_xla_of_f_that_slices_and_concatenates(monkeypatc
 
     exact = [np.sum(-2 * T * u0[:half] ** 2 * np.exp(-2 * k[0] * T)), np.sum(-2 * T * u0[half:] ** 2 * np.exp(-2 * k[1] * T))]
     np.testing.assert_allclose(grad(tf.constant(k)).numpy(), exact, rtol=1e-5)
+
+
+def test_forward_sensitivity_rodas5_non_autonomous_against_scipy_differences():
+    # Rodas5 needs d/dt of the whole (u, S) system; here the sensitivity part depends on t
+    # (u' = -k u + sin(w t) [1, u_0]), so a wrong t-derivative of J S + df/dp shows.
+    # Reference: central differences of SciPy Radau at rtol 1e-12.
+    k, w = 50.0, 3.0
+
+    def f(t, u, p):
+        return -p[0] * u + tf.sin(p[1] * t) * tf.stack([tf.ones_like(u[0]), u[0]])
+
+    def loss_np(q):
+        sol = solve_ivp(lambda t, u: -q[0] * u + np.sin(q[1] * t) * np.array([1.0, u[0]]), (0.0, 2.0), [1.0, 0.5],
+                        method="Radau", rtol=1e-12, atol=1e-14)
+        return np.sum(sol.y[:, -1] ** 2)
+
+    steps = (1e-4, 1e-5)
+    want = [(loss_np([k + h * (i == 0), w + h * (i == 1)]) - loss_np([k - h * (i == 0), w - h * (i == 1)])) / (2 * h)
+            for i, h in enumerate(steps)]
+    p = tf.constant([k, w], tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(p)
+        prob = sd.ODEProblem(f, tf.constant([1.0, 0.5], tf.float64), (0.0, 2.0), p)
+        sol = sd.solve(prob, sd.Rodas5(), sensealg=sd.ForwardSensitivity(), rtol=1e-10, atol=1e-12)
+        loss = tf.reduce_sum(sol.u[-1] ** 2)
+    np.testing.assert_allclose(tape.gradient(loss, p).numpy(), want, rtol=1e-6)

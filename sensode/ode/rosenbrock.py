@@ -151,7 +151,7 @@ class _Stiff(ODEMethod):
     @staticmethod
     def _time_derivative(fn, layout: Layout, g, t, yv):
         """``df/dt`` of the flat system ``g`` at ``(t, yv)``; a forward-sensitivity system supplies its own."""
-        if isinstance(fn, SensitivitySystem):
+        if isinstance(fn, SensitivitySystem) and fn.time_derivative is not None:
             u, s = layout.unvec(yv)
             return layout.vec(list(fn.time_derivative(t, u, s)))
         return time_derivative(g, t, yv)
