@@ -35,7 +35,7 @@ from ..nonlinear.linsolve import LU, BlockDiagonalLU
 # that concatenates (`tfcompat.register_missing_gradients`).
 tfcompat.register_missing_gradients()
 
-__all__ = ["Layout", "jacobian", "block_jacobian", "factorise", "BlockFactorised", "differentiated_jacobians", "time_derivative", "WithJacobian", "SensitivitySystem", "Factorised",
+__all__ = ["Layout", "jacobian", "block_jacobian", "factorise", "BlockFactorised", "differentiated_jacobians", "time_derivative", "jvp", "WithJacobian", "SensitivitySystem", "Factorised",
            "SensitivityFactorised", "nan_if_failed", "UNROLL_UNDER_XLA", "INVERSE_UP_TO_UNDER_XLA"]
 
 # Under XLA, a discrete adjoint differentiates the Jacobian itself, and the
@@ -146,11 +146,40 @@ def jacobian(fn_vec: Callable, t, y, with_t: bool = True):
     return jac, dfdt
 
 
+def jvp(fn: Callable, primal, tangent, recorded: bool | None = None):
+    """``d fn(primal) / d primal . tangent``: one forward-mode product.
+
+    ``recorded``: a tape will differentiate the product (the discrete
+    adjoint's backward pass; default: inside `differentiated_jacobians`).
+    Under XLA it is then the VJP of a VJP, two reverse passes built in this
+    graph. The forward-mode accumulator wraps each op's JVP in a function
+    call, and the gradient of such a call inside a loop receives the op's
+    shape arguments as run-time values, which XLA rejects ("must be a
+    compile-time constant"): a slice's bounds, and the tile multiples of any
+    broadcast of a tangent-carrying value (``sin(w t) * u`` for the
+    ``t``-tangent, ``u + sum(u)``, ``u[0:1] * u``). The two reverse passes
+    compile to the same products.
+    """
+    zero = tf.UnconnectedGradients.ZERO
+    if recorded is None:
+        recorded = getattr(_DIFFERENTIATED, "on", False)
+    if recorded and not tf.executing_eagerly() and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
+        with tf.GradientTape(watch_accessed_variables=False) as outer:
+            with tf.GradientTape(watch_accessed_variables=False) as inner:
+                inner.watch(primal)
+                out = fn(primal)
+            w = tf.zeros_like(out)
+            outer.watch(w)
+            wj = inner.gradient(out, primal, output_gradients=w, unconnected_gradients=zero)
+        return outer.gradient(wj, w, output_gradients=tangent, unconnected_gradients=zero)
+    with tf.autodiff.ForwardAccumulator(primal, tangent) as acc:
+        out = fn(primal)
+    return acc.jvp(out, unconnected_gradients=zero)
+
+
 def time_derivative(fn_vec: Callable, t, y):
-    """``df/dt`` of ``fn_vec(t, y) -> [N]`` at ``(t, y)``: one forward-mode tangent in ``t``."""
-    with tf.autodiff.ForwardAccumulator(t, tf.ones_like(t)) as acc:
-        out = fn_vec(t, y)
-    return acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    """``df/dt`` of ``fn_vec(t, y) -> [N]`` at ``(t, y)``: one forward-mode tangent in ``t`` (`jvp`)."""
+    return jvp(lambda s: fn_vec(s, y), t, tf.ones_like(t))
 
 
 class WithJacobian:
@@ -195,11 +224,7 @@ def _jacobian_chunked(fn_vec, t, y, with_t):
 
 def _jvps_unrolled(fn_vec, t, y, tangent: Callable, count: int):
     """``[count, N]``: row ``j`` is ``J tangent(j)``, one forward-mode pass each, unrolled in the graph."""
-    rows = []
-    for j in range(count):
-        with tf.autodiff.ForwardAccumulator(y, tangent(j)) as acc:
-            out = fn_vec(t, y)
-        rows.append(acc.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+    rows = [jvp(lambda x: fn_vec(t, x), y, tangent(j)) for j in range(count)]
     return tf.stack(rows, axis=0)
 
 

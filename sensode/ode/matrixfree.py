@@ -32,9 +32,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from .. import tfcompat
 from ..nonlinear.linsolve import CG, GMRES, LU, BiCGStab, BlockDiagonalLU
-from .linear import nan_if_failed
+from .linear import jvp, nan_if_failed
 
 __all__ = ["MatrixFree", "check_linsolve", "KRYLOV_SOLVERS"]
 
@@ -88,27 +87,10 @@ class _Shifted:
         """``A v`` for ``v`` ``[N]``.
 
         ``recorded``: a tape will differentiate the product (the discrete
-        adjoint). Under XLA it is then two reverse passes (the JVP as the
-        VJP of a VJP) built in this graph: the forward-mode accumulator wraps
-        each op's JVP in a function call, and the gradient of such a call
-        receives the op's shape arguments (a slice's bounds) as run-time
-        values, which XLA rejects ("must be a compile-time constant"); the
-        two reverse passes compile to the same products.
+        adjoint); under XLA the JVP is then two reverse passes
+        (`sensode.ode.linear.jvp`).
         """
-        zero = tf.UnconnectedGradients.ZERO
-        if recorded and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
-            with tf.GradientTape(watch_accessed_variables=False) as outer:
-                with tf.GradientTape(watch_accessed_variables=False) as inner:
-                    inner.watch(self.yv)
-                    out = self.g(self.t, self.yv)
-                w = tf.zeros_like(out)
-                outer.watch(w)
-                wj = inner.gradient(out, self.yv, output_gradients=w, unconnected_gradients=zero)
-            jv = outer.gradient(wj, w, output_gradients=v, unconnected_gradients=zero)
-            return self.inv_gh * v - jv
-        with tf.autodiff.ForwardAccumulator(self.yv, v) as acc:
-            out = self.g(self.t, self.yv)
-        return self.inv_gh * v - acc.jvp(out, unconnected_gradients=zero)
+        return self.inv_gh * v - jvp(lambda y: self.g(self.t, y), self.yv, v, recorded=recorded)
 
     def mv(self, v):
         return self.apply(v[0])[None]
