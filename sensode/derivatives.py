@@ -100,8 +100,9 @@ def batched_jvp_derivative(f, t, u, p, variables, u_tangents, p_tangents, v_tang
     """The derivative of `batched_jvp`'s products along ``u -> u + eps x``, for all directions at once.
 
     For direction ``j`` with tangents ``(s_j, θ_j)``: ``d/du [(df/du) s_j +
-    (df/dθ) θ_j] x`` (second derivatives of ``f``), by two nested
-    forward-mode accumulators inside one vectorised map. ``x`` is shaped like
+    (df/dθ) θ_j] x`` (second derivatives of ``f``), by a forward-mode accumulator around
+    each direction's product (itself the VJP of a VJP) inside one vectorised
+    map. ``x`` is shaped like
     ``u``; returns ``[M, *u.shape]``. This is the coupling block ``B x`` of a
     forward-sensitivity system's Jacobian.
     """
@@ -114,7 +115,7 @@ def batched_jvp_time_derivative(f, t, u, p, variables, u_tangents, p_tangents, v
     ``df/dt`` is shaped like ``u``; the second part ``[M, *u.shape]`` holds,
     for direction ``j``, ``d/dt [(df/du) s_j + (df/dθ) θ_j]`` (second
     derivatives of ``f``), by a forward-mode tangent in ``t`` around the
-    direction's accumulator inside one vectorised map, as
+    direction's product inside one vectorised map, as
     `batched_jvp_derivative` does for ``u``. A tangent in ``t`` around a
     call of the traced system instead fails inside TensorFlow when ``f``
     gathers from its parameters, and under XLA when ``f`` concatenates (pfor's
@@ -136,9 +137,20 @@ def _nested_jvps(f, t, u, p, variables, u_tangents, p_tangents, v_tangents, oute
         tu, tp, tv = tangents
         primals = [u] + float_leaves + list(variables)
         with tf.autodiff.ForwardAccumulator(primals=outer_primal, tangents=outer_tangent) as outer:
-            with tf.autodiff.ForwardAccumulator(primals=primals, tangents=[tu] + list(tp) + list(tv)) as acc:
-                out = f(t, u, params.pack(float_leaves))
-            inner = acc.jvp(out, unconnected_gradients=_ZERO)
+            # The inner product as the VJP of a VJP (forward over reverse): with two nested
+            # forward-mode accumulators, any comparison of a tangent-carrying value in f
+            # (tf.where(u > 0, ...)) fails to trace (TensorFlow 2.21 records the inner
+            # accumulator's product of the boolean op, a function call with no outputs, on
+            # the outer one: IndexError).
+            with tf.GradientTape(watch_accessed_variables=False) as transpose:
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(primals)
+                    out = f(t, u, params.pack(float_leaves))
+                w = tf.zeros_like(out)
+                transpose.watch(w)
+                wj = densify(tape.gradient(out, primals, output_gradients=w, unconnected_gradients=_ZERO))
+            inner = transpose.gradient(wj, w, output_gradients=[tu] + list(tp) + list(tv),
+                                       unconnected_gradients=_ZERO)
         return outer.jvp(inner, unconnected_gradients=_ZERO)
 
     return map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))

@@ -6,6 +6,12 @@ failed on a gather (a forward-mode tangent in ``t`` through the traced
 system) and, under XLA, on a ``tf.concat`` (pfor's unbounded fallback loop).
 Reference: the closed form of ``u_i' = -k_i u_i``. In a file of its own: its
 compiled programs would add 0.6 GB to another file's process.
+
+Also: a right-hand side that broadcasts (``sin(w t) * u``, ``c * sum(u)``) under
+the discrete adjoint of a stiff method under XLA, whose backward program did
+not compile (the Jacobian's and ``df/dt``'s forward-mode products), and one
+that compares its state (``tf.where(u > 0, ...)``) under forward
+sensitivities with a stiff method, which failed to trace.
 """
 
 import numpy as np
@@ -46,3 +52,68 @@ def test_f_gathering_from_its_state_parameters_and_a_variable(name, alg, from_va
     want_dk = -(ts[:, None] * e).sum(axis=0) * w * u0.numpy()
     assert_close(f"{name} dL/dk", tf.convert_to_tensor(dk).numpy(), want_dk, 1e-6)
     assert_close(f"{name} dL/du0", du0.numpy(), e.sum(axis=0) * w, 1e-6)
+
+
+@pytest.mark.parametrize("alg", [sd.Rodas5, sd.Kvaerno5])
+def test_discrete_adjoint_under_xla_of_f_that_broadcasts(alg):
+    # u' = (-k + sin(w t)) u + c sum(u): a scalar of t and a sum of u broadcast
+    # against the state. The backward program failed to compile before ("Tile_grad/
+    # Reshape must be a compile-time constant"): the forward-mode products inside the
+    # Jacobian and df/dt (Rodas5) are differentiated there. The identity part commutes
+    # with the all-ones part, so with n states and s = sum(u0):
+    # u(t) = exp(-k t + (1 - cos w t) / w) (u0 + (exp(c n t) - 1) / n s 1).
+    u0 = tf.constant([1.0, 0.5, -0.25], F64)
+    k, w, c, t1 = 1.2, 3.0, 0.4, 1.5
+    weights = np.array([1.0, -2.0, 0.5])
+
+    def f(t, u, p):
+        return (-p[0] + tf.sin(p[1] * t)) * u + p[2] * tf.reduce_sum(u, axis=-1, keepdims=True)
+
+    @tf.function(jit_compile=True)
+    def loss_and_grads(u0, p):
+        with tf.GradientTape() as tape:
+            tape.watch([u0, p])
+            sol = sd.solve(sd.ODEProblem(f, u0, (0.0, t1), p), alg(), saveat=[t1], rtol=1e-10, atol=1e-12,
+                           sensealg=sd.DiscreteAdjoint())
+            loss = tf.reduce_sum(sol.u[-1] * weights)
+        return loss, tape.gradient(loss, [u0, p])
+
+    loss, (g_u0, g_p) = loss_and_grads(u0, tf.constant([k, w, c], F64))
+    n, y0 = 3, u0.numpy()
+    e = np.exp(-k * t1 + (1 - np.cos(w * t1)) / w)
+    grow = np.exp(c * n * t1)
+    u = e * (y0 + (grow - 1) / n * y0.sum())
+    du_dw = u * (t1 * np.sin(w * t1) / w - (1 - np.cos(w * t1)) / w**2)
+    du_dc = e * t1 * grow * y0.sum() * np.ones(n)
+    np.testing.assert_allclose(loss.numpy(), weights @ u, rtol=1e-8)
+    np.testing.assert_allclose(g_p.numpy(), [weights @ (-t1 * u), weights @ du_dw, weights @ du_dc], rtol=1e-7)
+    np.testing.assert_allclose(g_u0.numpy(), e * (weights + (grow - 1) / n * weights.sum()), rtol=1e-7)
+
+
+def test_forward_sensitivity_stiff_of_f_that_compares_its_state():
+    # u_i' = -c_i k u_i with c_i = 1 where u_i > 0, else 2 (the sign never changes):
+    # u_i = u0_i exp(-c_i k t). The coupling product (second derivatives of f) was two
+    # nested forward-mode accumulators, which fail to trace through the comparison
+    # (IndexError inside TensorFlow), in every mode that builds a graph.
+    u0 = tf.constant([1.0, -0.5], F64)
+    k, t1, w = 0.7, 2.0, np.array([1.0, 3.0])
+    c = np.array([1.0, 2.0])
+
+    def f(t, u, p):
+        return tf.where(u > 0, -p[0] * u, -2.0 * p[0] * u)
+
+    @tf.function(jit_compile=True)
+    def loss_and_grads(u0, p):
+        with tf.GradientTape() as tape:
+            tape.watch([u0, p])
+            sol = sd.solve(sd.ODEProblem(f, u0, (0.0, t1), p), sd.Rodas5(), saveat=[t1], rtol=1e-10, atol=1e-12,
+                           sensealg=sd.ForwardSensitivity())
+            loss = tf.reduce_sum(sol.u[-1] * w)
+        return loss, tape.gradient(loss, [u0, p])
+
+    loss, (g_u0, g_p) = loss_and_grads(u0, tf.constant([k], F64))
+    decay = np.exp(-c * k * t1)
+    u = u0.numpy() * decay
+    np.testing.assert_allclose(loss.numpy(), w @ u, rtol=1e-8)
+    np.testing.assert_allclose(g_p.numpy(), [w @ (-c * t1 * u)], rtol=1e-7)
+    np.testing.assert_allclose(g_u0.numpy(), w * decay, rtol=1e-7)
