@@ -31,7 +31,12 @@ def check_u0(u0):
         u0 = tf.convert_to_tensor(u0)
     try:
         t = tf.convert_to_tensor(u0)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, tf.errors.InvalidArgumentError) as e:
+        if isinstance(u0, (dict, list, tuple)):
+            raise TypeError(
+                f"`u0` must be one floating tensor, got a {type(u0).__name__} that does not convert to one "
+                "(a nest of states is not supported: concatenate the parts into one tensor and split it in `f`)"
+            ) from None
         raise TypeError(f"`u0` must be a floating tensor, got {type(u0).__name__}: {e}") from None
     if not t.dtype.is_floating:
         raise TypeError(

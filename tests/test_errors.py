@@ -142,6 +142,9 @@ BAD_INPUT = {
     "u0_int": (lambda: _decay(u0=tf.constant([1, 2])), TypeError, ["`u0` must have a floating dtype", "int32"]),
     "u0_python_ints": (lambda: sd.odeint(lambda t, u, p: -u, [1, 2], [0.0, 1.0]), TypeError, ["`u0` must have a floating dtype"]),
     "u0_string": (lambda: _decay(u0="abc"), TypeError, ["`u0` must"]),
+    "u0_dict": (lambda: _decay(u0={"a": tf.constant([1.0], F64)}), TypeError, ["`u0` must be one floating tensor", "dict", "concatenate"]),
+    "u0_ragged_list": (lambda: _decay(u0=[tf.constant([1.0], F64), tf.constant([1.0, 2.0], F64)]), TypeError,
+                       ["`u0` must be one floating tensor", "list"]),
     "p_dtype": (lambda: sd.solve(_decay(p=tf.constant(0.5, F32)), sd.Tsit5()), TypeError, ["dtype mismatch", "`p`", "float32", "float64"]),
     "p_nested_dtype": (
         lambda: sd.solve(_decay(p={"k": tf.constant(0.5, F64), "c": [tf.constant(1.0, F32)]}, f=lambda t, u, p: -p["k"] * u), sd.Tsit5()),
