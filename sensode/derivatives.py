@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from . import tfcompat
 from .params import Params
+
+# The products below are vectorised with pfor, whose rule for tf.roll is wrong for a negative axis.
+tfcompat.fix_pfor_roll()
 
 __all__ = ["vjp", "densify", "batched_jvp", "batched_jvp_derivative", "batched_jvp_time_derivative", "map_batch",
            "graph_if_eager", "traced_once"]

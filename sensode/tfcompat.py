@@ -147,3 +147,51 @@ def register_missing_gradients() -> None:
         d_operand = gen_xla_ops.xla_dynamic_update_slice(grad, tf.zeros_like(update), indices)
         d_update = tf.slice(grad, indices, tf.shape(update, out_type=indices.dtype))
         return d_operand, d_update, None
+
+
+def fix_pfor_roll() -> None:
+    """Replace the vectorisation (pfor) rule of ``tf.roll``, which is wrong for a negative axis (once).
+
+    ``tf.vectorized_map`` and ``GradientTape.jacobian`` add a leading batch
+    axis and shift ``Roll``'s axis by one, without first making a negative
+    axis positive: ``tf.roll(u, 1, axis=-1)`` inside them rolls along
+    axis 0, the batch (TensorFlow 2.21). sensode vectorises products of
+    ``f`` with pfor (forward sensitivities, Jacobians in graphs), so an
+    ``f`` with a periodic shift (a semi-discretised PDE) got wrong
+    sensitivities without an error. The rule registered here normalises
+    the axis against the unbatched rank and otherwise does what
+    TensorFlow's does. ``pfor``'s registry is private. Fallback: nothing
+    replaced.
+    """
+    try:
+        from tensorflow.python.ops.parallel_for import pfor
+    except ImportError:  # pragma: no cover
+        return
+    registry = getattr(pfor, "_pfor_converter_registry", None)
+    if registry is None or getattr(registry.get("Roll"), "sensode_fixed", False):
+        return
+    import tensorflow as tf
+
+    def convert_roll(pfor_input):
+        t = pfor_input.stacked_input(0)
+        shift, shift_stacked, _ = pfor_input.input(1)
+        axis = pfor_input.unstacked_input(2)
+        rank = tf.rank(t) - 1  # of one iteration's value
+        axis = tf.where(axis < 0, axis + tf.cast(rank, axis.dtype), axis)
+        if not shift_stacked:
+            return pfor.wrap(tf.roll(t, shift, axis + 1), True)
+        # Shifts differ per iteration: gather every element from its source.
+        n_axes = tf.cast(rank, tf.int64)
+        axis = tf.cast(tf.reshape(axis, [-1]), tf.int64)
+        loop_len = tf.cast(pfor_input.pfor.loop_len_vector[0], tf.int64)
+        shift = tf.cast(tf.reshape(shift, [loop_len, -1]), tf.int64)
+        segments = tf.range(loop_len, dtype=tf.int64)[:, None] * n_axes + axis[None, :]
+        offsets = tf.reshape(tf.math.unsorted_segment_sum(shift, segments, loop_len * n_axes), [loop_len, n_axes])
+        shape = tf.shape(t, out_type=tf.int64)[1:]
+        strides = tf.math.cumprod(shape, exclusive=True, reverse=True)
+        flat = tf.range(tf.reduce_prod(shape), dtype=tf.int64)
+        coords = (flat[None, :, None] // strides[None, None, :] - offsets[:, None, :]) % shape[None, None, :]
+        return pfor.wrap(tf.reshape(tf.gather_nd(t, coords, batch_dims=1), tf.shape(t)), True)
+
+    convert_roll.sensode_fixed = True
+    registry["Roll"] = convert_roll

@@ -11,7 +11,9 @@ Also: a right-hand side that broadcasts (``sin(w t) * u``, ``c * sum(u)``) under
 the discrete adjoint of a stiff method under XLA, whose backward program did
 not compile (the Jacobian's and ``df/dt``'s forward-mode products), and one
 that compares its state (``tf.where(u > 0, ...)``) under forward
-sensitivities with a stiff method, which failed to trace.
+sensitivities with a stiff method, which failed to trace; and a periodic
+shift (``tf.roll(u, 1, axis=-1)``), whose vectorised products were wrong
+without an error (TensorFlow's pfor rule for a negative roll axis).
 """
 
 import numpy as np
@@ -117,3 +119,34 @@ def test_forward_sensitivity_stiff_of_f_that_compares_its_state():
     np.testing.assert_allclose(loss.numpy(), w @ u, rtol=1e-8)
     np.testing.assert_allclose(g_p.numpy(), [w @ (-c * t1 * u)], rtol=1e-7)
     np.testing.assert_allclose(g_u0.numpy(), w * decay, rtol=1e-7)
+
+
+@pytest.mark.parametrize("alg,jit", [(sd.Tsit5, True), (sd.Rodas5, False)], ids=["Tsit5-xla", "Rodas5-graph"])
+def test_forward_sensitivity_of_f_with_a_periodic_shift(alg, jit):
+    # u' = -k u + c roll(u, 1, axis=-1) on a batched state [2, 3]: u(t) = expm(A t) u0 per row,
+    # A = -k I + c P (P the cyclic shift), dL/dk = -t w.u and dL/dc = t w.(P u) (P commutes with A).
+    # ForwardSensitivity's vectorised products rolled along the batch of directions instead
+    # (pfor's rule took axis -1 + 1 = 0): dL/dk was -1.08 for -2.20 on one row, no error.
+    from scipy.linalg import expm
+
+    u0 = np.array([[1.0, 0.5, 0.8], [0.2, -0.4, 1.1]])
+    k, c, t1 = 0.9, 0.6, 1.5
+    w = np.array([[1.0, -2.0, 0.5], [0.3, 1.0, -1.0]])
+
+    def f(t, u, p):
+        return -p[0] * u + p[1] * tf.roll(u, 1, axis=-1)
+
+    @tf.function(jit_compile=jit)
+    def loss_and_grad(p):
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            sol = sd.solve(sd.ODEProblem(f, tf.constant(u0), (0.0, t1), p), alg(), saveat=[t1], rtol=1e-10,
+                           atol=1e-12, sensealg=sd.ForwardSensitivity())
+            loss = tf.reduce_sum(sol.u[-1] * w)
+        return loss, tape.gradient(loss, p)
+
+    loss, g = loss_and_grad(tf.constant([k, c], F64))
+    P = np.roll(np.eye(3), 1, axis=0)  # (P u)_i = u_{i-1}, as tf.roll(u, 1)
+    u = u0 @ expm((-k * np.eye(3) + c * P) * t1).T
+    np.testing.assert_allclose(loss.numpy(), np.sum(w * u), rtol=1e-8)
+    np.testing.assert_allclose(g.numpy(), [-t1 * np.sum(w * u), t1 * np.sum(w * (u @ P.T))], rtol=1e-7)
