@@ -17,7 +17,7 @@ from .params import Params
 tfcompat.fix_pfor_roll()
 
 __all__ = ["vjp", "densify", "batched_jvp", "batched_jvp_derivative", "batched_jvp_time_derivative", "map_batch",
-           "graph_if_eager", "traced_once"]
+           "jvp_by_two_vjps", "graph_if_eager", "traced_once"]
 
 _ZERO = tf.UnconnectedGradients.ZERO
 
@@ -146,18 +146,30 @@ def _nested_jvps(f, t, u, p, variables, u_tangents, p_tangents, v_tangents, oute
             # (tf.where(u > 0, ...)) fails to trace (TensorFlow 2.21 records the inner
             # accumulator's product of the boolean op, a function call with no outputs, on
             # the outer one: IndexError).
-            with tf.GradientTape(watch_accessed_variables=False) as transpose:
-                with tf.GradientTape(watch_accessed_variables=False) as tape:
-                    tape.watch(primals)
-                    out = f(t, u, params.pack(float_leaves))
-                w = tf.zeros_like(out)
-                transpose.watch(w)
-                wj = densify(tape.gradient(out, primals, output_gradients=w, unconnected_gradients=_ZERO))
-            inner = transpose.gradient(wj, w, output_gradients=[tu] + list(tp) + list(tv),
-                                       unconnected_gradients=_ZERO)
+            inner = jvp_by_two_vjps(lambda: f(t, u, params.pack(float_leaves)), primals, [tu] + list(tp) + list(tv))
         return outer.jvp(inner, unconnected_gradients=_ZERO)
 
     return map_batch(one, (u_tangents, list(p_tangents), list(v_tangents)))
+
+
+def jvp_by_two_vjps(fn, primals: list, tangents: list):
+    """``sum_k (d out / d primals[k]) tangents[k]`` for ``out = fn()``, as the VJP of a VJP.
+
+    ``fn`` takes no arguments and computes ``out`` from ``primals`` (watched
+    here). Two reverse passes built inline in the current graph: used where a
+    forward-mode accumulator fails, namely under an outer forward-mode
+    accumulator (an inner accumulator's product of a boolean op cannot be
+    recorded on it) and under a tape inside an XLA loop (the accumulator's
+    per-op function calls pass shape arguments as run-time values).
+    """
+    with tf.GradientTape(watch_accessed_variables=False) as transpose:
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(primals)
+            out = fn()
+        w = tf.zeros_like(out)
+        transpose.watch(w)
+        wj = densify(tape.gradient(out, primals, output_gradients=w, unconnected_gradients=_ZERO))
+    return transpose.gradient(wj, w, output_gradients=tangents, unconnected_gradients=_ZERO)
 
 
 def graph_if_eager(fn):

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from .. import tfcompat
+from ..derivatives import jvp_by_two_vjps
 from ..nonlinear.linsolve import LU, BlockDiagonalLU
 
 # Reverse mode through the Jacobian's JVPs under XLA (the discrete adjoint) can need a third derivative of an `f`
@@ -164,14 +165,7 @@ def jvp(fn: Callable, primal, tangent, recorded: bool | None = None):
     if recorded is None:
         recorded = getattr(_DIFFERENTIATED, "on", False)
     if recorded and not tf.executing_eagerly() and tfcompat.in_xla_context(tf.compat.v1.get_default_graph()):
-        with tf.GradientTape(watch_accessed_variables=False) as outer:
-            with tf.GradientTape(watch_accessed_variables=False) as inner:
-                inner.watch(primal)
-                out = fn(primal)
-            w = tf.zeros_like(out)
-            outer.watch(w)
-            wj = inner.gradient(out, primal, output_gradients=w, unconnected_gradients=zero)
-        return outer.gradient(wj, w, output_gradients=tangent, unconnected_gradients=zero)
+        return jvp_by_two_vjps(lambda: fn(primal), [primal], [tangent])
     with tf.autodiff.ForwardAccumulator(primal, tangent) as acc:
         out = fn(primal)
     return acc.jvp(out, unconnected_gradients=zero)
