@@ -106,12 +106,24 @@ def _step_index(rec: Record, t, direction):
     key = direction * t
     if not tf.is_tensor(rec.coarse):
         starts = tf.where(tf.range(n) < rec.count, direction * rec.t[:-1], big)
-        return tf.searchsorted(starts, key, side="right") - 1
+        return _searchsorted_right(starts, key) - 1
     block = _block(n)
-    j = tf.maximum(tf.searchsorted(rec.coarse, key, side="right") - 1, 0)  # [M] block of each t
-    idx = j[:, None] * block + tf.range(block)[None, :]  # [M, block] its steps
+    j = tf.maximum(_searchsorted_right(rec.coarse, key) - 1, 0)  # [M] block of each t
+    idx = tf.expand_dims(j * block, 1) + tf.constant(np.arange(block, dtype=np.int32)[None])  # [M, block] its steps
     win = tf.where(idx < rec.count, direction * tf.gather(rec.t, tf.minimum(idx, n - 1)), big)
-    return j * block + tf.reduce_sum(tf.cast(win <= key[:, None], tf.int32), axis=1) - 1
+    return j * block + tf.reduce_sum(tf.cast(win <= tf.expand_dims(key, 1), tf.int32), axis=1) - 1
+
+
+def _searchsorted_right(sorted_values, values):
+    """``tf.searchsorted(sorted_values, values, side="right")`` for 1-D tensors.
+
+    The raw op on ``[1, n]`` and ``[1, M]``: `tf.searchsorted` adds the shape
+    bookkeeping of arbitrary batch dimensions (about twenty graph ops per call,
+    and this runs in every dense-output lookup).
+    """
+    out = tf.raw_ops.UpperBound(sorted_inputs=tf.expand_dims(sorted_values, 0), values=tf.expand_dims(values, 0),
+                                out_type=tf.int32)
+    return tf.squeeze(out, 0)
 
 
 def interpolate(method, rec: Record, t, direction) -> list:

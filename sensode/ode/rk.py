@@ -84,8 +84,11 @@ def dense_weights(tab: ButcherTableau, theta):
     dtype = theta.dtype
     coef = tab.dense[list(tab.dense_rows)]  # [rows, deg]: theta^1..theta^deg
     deg = coef.shape[1]
-    th = theta[:, None]
-    w = tf.constant(coef[:, deg - 1], dtype=dtype)[None] * th
+    # Row constants shaped [1, rows] on the NumPy side and expand_dims for theta:
+    # slicing a tensor costs four graph ops (three constants), and tracing time
+    # grows with the number of ops (this runs in every interpolation).
+    th = tf.expand_dims(theta, 1)
+    w = tf.constant(coef[None, :, deg - 1], dtype=dtype) * th
     for j in range(deg - 2, -1, -1):
-        w = (w + tf.constant(coef[:, j], dtype=dtype)[None]) * th
+        w = (w + tf.constant(coef[None, :, j], dtype=dtype)) * th
     return w

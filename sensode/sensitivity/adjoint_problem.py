@@ -64,7 +64,7 @@ class AdjointProblem(NamedTuple):
 
     def state_at(self, t):
         """The forward state at ``t``, from the recorded dense output."""
-        return dense.interpolate(self.spec.method, self.record, t[None], self.direction)[0][0]
+        return tf.squeeze(dense.interpolate(self.spec.method, self.record, tf.reshape(t, [1]), self.direction)[0], 0)
 
     def terms(self, t, u, a):
         """``(da/dt, d(dL/dp)/dt, d(dL/dvars)/dt)`` at ``(t, u, a)``, running cost included."""
