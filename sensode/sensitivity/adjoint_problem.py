@@ -64,7 +64,9 @@ class AdjointProblem(NamedTuple):
 
     def state_at(self, t):
         """The forward state at ``t``, from the recorded dense output."""
-        return tf.squeeze(dense.interpolate(self.spec.method, self.record, tf.reshape(t, [1]), self.direction)[0], 0)
+        # Extrapolated past the span's ends: a stage outside its step (Kvaerno5's) on the last backward step.
+        return tf.squeeze(dense.interpolate(self.spec.method, self.record, tf.reshape(t, [1]), self.direction,
+                                            extrapolate=True)[0], 0)
 
     def terms(self, t, u, a):
         """``(da/dt, d(dL/dp)/dt, d(dL/dvars)/dt)`` at ``(t, u, a)``, running cost included."""
