@@ -134,20 +134,17 @@ def interpolate(method, rec: Record, t, direction, extrapolate: bool = False) ->
 
     A time outside the span reads the end point's state, or, with
     ``extrapolate``, the polynomial of the first or last step continued
-    beyond it (up to ``eps^(-1/6)`` of its steps: 405 in float64, 14 in
-    float32, where rounding amplified by the polynomial stays small). The continuous adjoints
-    need that: a method may evaluate a stage outside its step (Kvaerno5's
-    third stage sits at ``t + 1.23 h``), and on the backward solve's last step
-    that stage lies beyond ``t0``; a state frozen at ``t0`` there cost an
-    O(h) error that no tolerance removed (InterpolatingAdjoint + Kvaerno5:
-    dL/dk relative error 1.2e-4 at rtol 1e-9, 1.7e-8 extrapolated).
+    beyond it, up to ``eps^(-1/6)`` of that step (405 in float64, 14 in
+    float32: rounding in the stored rows grows like ``eps theta^degree``).
+    The continuous adjoints need it: a stage may lie outside its step
+    (Kvaerno5's third, at ``t + 1.23 h``), so on the backward solve's last
+    step it lies beyond ``t0``, and a state frozen there is an O(h) error
+    that no tolerance removes.
     """
     n = tf.maximum(rec.count, 1)
     idx = tf.clip_by_value(_step_index(rec, t, direction), 0, n - 1)
     t_i = tf.gather(rec.t, idx)
     h_i = tf.gather(rec.h, idx)
-    # How far: rounding in the stored rows grows like eps theta^degree, so at most
-    # eps^(-1/6) steps (405 in float64, 14 in float32).
     reach = float(np.finfo(rec.t.dtype.as_numpy_dtype).eps) ** (-1.0 / 6.0) if extrapolate else 0.0
     lo, hi = -reach, 1.0 + reach
     theta = tf.clip_by_value((t - t_i) / h_i, lo, hi)
