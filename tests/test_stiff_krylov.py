@@ -50,13 +50,15 @@ def test_krylov_linear_stiff_discrete_adjoint_xla_against_expm_and_frechet():
 def test_krylov_robertson_discrete_adjoint_variable_read_inside_f():
     # d u / d log k through a tf.Variable that f reads (no p): the Krylov solves' adjoints reach it via the
     # recorded JVP, and the custom gradient's forward reads no variable (graph-mode custom_gradient).
+    # Also Kvaerno5's Newton--Krylov stages through the discrete adjoint in a plain graph (Rodas5 with Krylov
+    # solves in a plain graph: test_stiff_krylov_sensitivities.py, BiCGStab).
     log_k = tf.Variable(ROBER_LOG.p)
     prob = sd.ODEProblem(lambda t, u, p: ROBER_LOG.f(t, u, log_k), ROBER_LOG.u0, ROBER_LOG.tspan)
 
     @tf.function
     def run():
         with tf.GradientTape() as tape:
-            sol = sd.solve(prob, sd.Rodas5(linsolve=GMRES(restart=3)), saveat=tf.constant(SENS_TS), rtol=1e-9,
+            sol = sd.solve(prob, sd.Kvaerno5(linsolve=GMRES(restart=3)), saveat=tf.constant(SENS_TS), rtol=1e-9,
                            atol=1e-13, sensealg=sd.DiscreteAdjoint(), throw=False, max_steps=5000)
             loss = tf.reduce_sum(sol.u * tf.constant(SENS_W))
         return tape.gradient(loss, log_k)
