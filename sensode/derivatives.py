@@ -15,6 +15,7 @@ from .params import Params
 
 # The products below are vectorised with pfor, whose rule for tf.roll is wrong for a negative axis.
 tfcompat.fix_pfor_roll()
+tfcompat.add_pfor_lu()
 
 __all__ = ["vjp", "densify", "batched_jvp", "batched_jvp_derivative", "batched_jvp_time_derivative", "map_batch",
            "jvp_by_two_vjps", "graph_if_eager", "traced_once"]

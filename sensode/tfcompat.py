@@ -195,3 +195,31 @@ def fix_pfor_roll() -> None:
 
     convert_roll.sensode_fixed = True
     registry["Roll"] = convert_roll
+
+
+def add_pfor_lu() -> None:
+    """Register a vectorisation (pfor) rule for ``Lu`` (``tf.linalg.lu``), which TensorFlow lacks (once).
+
+    Without it, ``tf.vectorized_map`` of anything that factorises a matrix
+    fails while tracing (``No pfor vectorization defined for Lu``): an
+    ensemble of stiff solves (`sensode.gsa.solve_ensemble` with ``Rodas5``,
+    whose per-sample loops pfor vectorises) could not run at all. ``Lu``
+    factorises every matrix of a ``[..., M, M]`` batch, so the rule passes
+    the stacked input through: row ``i`` of the result is the factorisation
+    of iteration ``i``'s matrix. Fallback: nothing registered.
+    """
+    try:
+        from tensorflow.python.ops import gen_linalg_ops
+        from tensorflow.python.ops.parallel_for import pfor
+    except ImportError:  # pragma: no cover
+        return
+    registry = getattr(pfor, "_pfor_converter_registry", None)
+    if registry is None or "Lu" in registry:
+        return
+
+    def convert_lu(pfor_input):
+        lu, perm = gen_linalg_ops.lu(pfor_input.stacked_input(0),
+                                     output_idx_type=pfor_input.get_attr("output_idx_type"))
+        return [pfor.wrap(lu, True), pfor.wrap(perm, True)]
+
+    registry["Lu"] = convert_lu

@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import scipy.integrate
 import tensorflow as tf
 
 import sensode as sd
@@ -586,3 +587,62 @@ def test_multi_worker_strategy_splits_the_ensemble_across_two_processes():
             proc.kill()
     for index, (proc, (out, err)) in enumerate(zip(procs, outs)):
         assert proc.returncode == 0 and f"OK {index}" in out, out[-2000:] + err[-4000:]
+
+
+def test_eager_ensemble_gradients_vectorised_with_pfor_match_single_solves():
+    # Eagerly the backward pass vectorises each sample's adjoint solve with pfor, in which a sample's chunk index
+    # differs from the others': reading a chunk with a slice failed to trace ("expected to be loop invariant"),
+    # for InterpolatingAdjoint and QuadratureAdjoint (the same chunked backward pass; one is tested: 35 s of tracing).
+    sensealg = sd.InterpolatingAdjoint()
+    p = _params(3, seed=2)
+    pt = tf.constant(p)
+    with tf.GradientTape() as tape:
+        tape.watch(pt)
+        sol = gsa.solve_ensemble(LV, p=pt, sensealg=sensealg, **OPTS)
+        loss = tf.reduce_sum(sol.u[:, -1] ** 2)
+    grad = tape.gradient(loss, pt).numpy()
+    for i in range(3):
+        pi = tf.constant(p[i])
+        with tf.GradientTape() as t2:
+            t2.watch(pi)
+            ref = sd.solve(sd.ODEProblem(LV.f, LV.u0, LV.tspan, pi), sd.Tsit5(), sensealg=sensealg, **OPTS)
+            l2 = tf.reduce_sum(ref.u[-1] ** 2)
+        np.testing.assert_allclose(grad[i], t2.gradient(l2, pi), rtol=1e-8)
+
+
+def _radau_robertson(k, ts):
+    def f(t, y):
+        return [-k[0] * y[0] + k[2] * y[1] * y[2], k[0] * y[0] - k[1] * y[1] ** 2 - k[2] * y[1] * y[2], k[1] * y[1] ** 2]
+
+    return scipy.integrate.solve_ivp(f, (0.0, ts[-1]), [1.0, 0.0, 0.0], method="Radau", t_eval=ts, rtol=1e-11,
+                                     atol=1e-14).y.T
+
+
+def test_stiff_ensemble_default_method_retries_with_rodas5_and_differentiates():
+    # Robertson, k1 per sample. With no `alg` the default method runs out of steps, as `solve` does on a stiff
+    # problem, and the ensemble is solved again with Rodas5 (it used to fail every sample with MAX_STEPS). Rodas5's
+    # LU had no pfor rule: an eager stiff ensemble could not run, nor could any gradient of one.
+    rob = sd.models.robertson().remake(tspan=(0.0, 100.0))
+    p = np.tile(np.asarray(rob.p), (3, 1))
+    p[:, 0] = [0.02, 0.04, 0.08]
+    ts = np.array([1.0, 100.0])
+    with pytest.warns(sd.StiffnessWarning, match="solved again with Rodas5"):
+        sol = gsa.solve_ensemble(rob, p=p, saveat=ts, rtol=1e-8, atol=1e-12)
+    ref = np.stack([_radau_robertson(k, ts) for k in p])
+    np.testing.assert_allclose(sol.u.numpy(), ref, rtol=1e-6, atol=1e-12)
+    # d y2(1) / d k1 per sample, against central differences of SciPy Radau.
+    short = rob.remake(tspan=(0.0, 1.0))
+    fd = []
+    for k in p[:2]:
+        h = 1e-5 * k[0]
+        up, down = k.copy(), k.copy()
+        up[0] += h
+        down[0] -= h
+        fd.append((_radau_robertson(up, [1.0])[-1, 1] - _radau_robertson(down, [1.0])[-1, 1]) / (2 * h))
+    for sensealg in (sd.InterpolatingAdjoint(), sd.QuadratureAdjoint()):
+        pt = tf.constant(p[:2])
+        with tf.GradientTape() as tape:
+            tape.watch(pt)
+            sol = gsa.solve_ensemble(short, p=pt, alg=sd.Rodas5(), saveat=[1.0], rtol=1e-9, atol=1e-13, sensealg=sensealg)
+            loss = tf.reduce_sum(sol.u[:, -1, 1])
+        np.testing.assert_allclose(tape.gradient(loss, pt).numpy()[:, 0], fd, rtol=1e-5, err_msg=repr(sensealg))

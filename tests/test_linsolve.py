@@ -224,3 +224,18 @@ def test_blocked_lu_under_xla_against_numpy():
     rhs = rng.standard_normal((n, 3))
     x = tf.function(lambda m, r: ls.LU().solve(ls.MatrixOperator(m), r).x, jit_compile=True)(tf.constant(a[:1]), tf.constant(rhs[None]))
     np.testing.assert_allclose(x[0], np.linalg.solve(a[0], rhs), rtol=1e-8, atol=1e-10)
+
+
+def test_lu_under_vectorized_map_matches_one_matrix_at_a_time():
+    # TensorFlow has no pfor rule for Lu; importing sensode registers one (an ensemble of stiff solves
+    # vectorises each sample's factorisations). Against NumPy: P A = L U for every matrix.
+    import sensode  # noqa: F401  (registers the rule)
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(5, 4, 4))
+    lu, perm = tf.vectorized_map(lambda m: tf.linalg.lu(m), tf.constant(a), fallback_to_while_loop=False)
+    assert lu.shape == (5, 4, 4) and perm.shape == (5, 4)
+    for i in range(5):
+        low = np.tril(lu[i].numpy(), -1) + np.eye(4)
+        up = np.triu(lu[i].numpy())
+        np.testing.assert_allclose(low @ up, a[i][perm[i].numpy()], rtol=1e-12, atol=1e-12)

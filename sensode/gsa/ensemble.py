@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -46,7 +47,7 @@ import tensorflow as tf
 
 import sensode as sd
 from sensode import tfcompat
-from sensode.api import prepare_ode_solve
+from sensode.api import _STIFF_SYMPTOMS, _is_default_max_steps, prepare_ode_solve
 from sensode.ode.batched import integrate_batched, resume_batched
 from sensode.ode.methods import ExplicitRK
 
@@ -326,7 +327,10 @@ def _ensemble_graph(prob, u0b, pb, saveat, opts, sensealg, stepping, vectorize):
                 "vectorize='native' runs explicit Runge-Kutta methods (Tsit5, DP5, BS3, DP8, ...) with scalar "
                 f"rtol / atol; got alg={opts['alg']!r}: use vectorize='auto', 'pfor' or 'map'"
             )
-        vectorize = "map" if xla else "pfor"  # the backward pass (and the forward one without a plan)
+        # The backward pass (and the forward one without a plan). pfor vectorises an implicit method's loops
+        # (Newton iterations, LU factorisations) too, but converting them costs minutes of tracing (Robertson,
+        # Rodas5, InterpolatingAdjoint gradient of 2 samples, eager: 71 s with pfor, 5.6 s with map_fn).
+        vectorize = "map" if xla or plan is None else "pfor"
     if sensealg is None:
         single = sd.ODEProblem(prob.f, u0b[0], prob.tspan, tf.nest.map_structure(lambda x: x[0], pb))
         sensealg = sd.default_sensealg(single)[0]
@@ -371,7 +375,12 @@ def solve_ensemble(
       u0: ``[B, *prob.u0.shape]`` initial states, or None.
       p: a nest like ``prob.p`` whose leaves have a leading ``B`` axis, or None.
       alg, saveat, dt, rtol, atol, max_steps, dtmin, dtmax: as in
-        `sensode.solve` (shared by all samples; ``saveat`` ``[T]``).
+        `sensode.solve` (shared by all samples; ``saveat`` ``[T]``). As
+        there, called eagerly with no ``alg``, ``dt`` or ``max_steps``, an
+        ensemble on which the default method runs out of steps (or of step
+        size) on any sample is solved again with `sensode.Rodas5`, with a
+        `sensode.StiffnessWarning`. Stiff methods run per sample with
+        ``vectorize="pfor"`` or ``"map"``.
       sensealg: how `tf.GradientTape` differentiates the ensemble with respect
         to ``u0`` and ``p``; None: `sensode.default_sensealg` of one sample.
         Save times and ``tspan`` are not differentiated here.
@@ -382,10 +391,12 @@ def solve_ensemble(
         size per sample; explicit Runge--Kutta methods; works everywhere, XLA
         included), ``"pfor"`` (`tf.vectorized_map` of `sensode.solve`; not
         under XLA), ``"map"`` (`tf.map_fn`, samples one after another, works
-        everywhere), ``"auto"`` (``"native"`` where it applies, else ``"map"``
-        under XLA and ``"pfor"`` elsewhere). The backward pass of a gradient
-        maps a tape over the samples: ``"map"`` under XLA, else ``"pfor"``
-        (``"map"`` / ``"pfor"`` given here are used as given).
+        everywhere), ``"auto"`` (``"native"`` where it applies, else ``"map"``:
+        pfor can vectorise implicit methods such as ``Rodas5``, but converting
+        their Newton and LU loops takes minutes). The backward pass of a
+        gradient maps a tape over the samples: ``"map"`` under XLA or without
+        the native loop, else ``"pfor"`` (``"map"`` / ``"pfor"`` given here are
+        used as given).
       compact: native loop only. True: once at most ``B / 64`` samples (at
         least 4) still run, finish them in a batch of that size (a few slow
         samples then cost little per step). It is a second loop in the same
@@ -435,6 +446,7 @@ def solve_ensemble(
     # `pending`) before it runs a second program, and only without a tape: the deferred run has no gradient.
     staged = (compact == "auto" and tf.executing_eagerly() and stepping == "per_sample"
               and vectorize in ("auto", "native") and not tfcompat.gradient_may_be_recorded())
+    compact_given = compact
     compact = True if compact == "auto" else compact
 
     def body(u0b, pb, t0, t1, ts):
@@ -467,6 +479,24 @@ def solve_ensemble(
                 sol = fn.resume(u0b, pb, t0, t1, ts, state)[0]
         else:
             sol = fn(u0b, pb, t0, t1, ts)
+        if alg is None and dt is None and _is_default_max_steps(max_steps) and np.isin(sol.status.numpy(),
+                                                                                        _STIFF_SYMPTOMS).any():
+            # As `sensode.solve` does: the default method gave up with the default budget on some sample, the
+            # sign of a stiff problem. Solve the whole ensemble again with the stiff default, once, and say so (the
+            # first attempt's outputs are dropped, so a tape differentiates only the second).
+            stiff = sd.Rodas5()
+            status = sol.status.numpy()
+            warnings.warn(
+                f"solve_ensemble: the default method stopped with status {sorted(set(status[status != 0].tolist()))} "
+                f"on {int(np.count_nonzero(status))} of {status.size} samples; the problem looks stiff, so the "
+                f"ensemble was solved again with {stiff!r}. Pass alg=sensode.{stiff!r} to skip the first attempt "
+                "(inside tf.function there is no second attempt).",
+                sd.StiffnessWarning,
+                stacklevel=2,
+            )
+            return solve_ensemble(prob, u0, p, alg=stiff, saveat=saveat, rtol=rtol, atol=atol, max_steps=max_steps,
+                                  dtmin=dtmin, dtmax=dtmax, sensealg=sensealg, stepping=stepping, vectorize=vectorize,
+                                  compact=compact_given, throw=throw)
         if throw:
             status = sol.status.numpy()
             bad = np.flatnonzero(status)

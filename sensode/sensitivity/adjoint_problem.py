@@ -238,7 +238,7 @@ class ContinuousAdjoint(SensitivityAlgorithm):
         a0, acc0 = _chained_start(u0, ts, t1, p, variables, g_u)
 
         def chunk(j, a, acc, status):
-            start = tf.nest.map_structure(lambda b: b[j], aux.starts)
+            start = tf.nest.map_structure(lambda b: tf.gather(b, j), aux.starts)  # gather: j may differ per vectorised sample
             stepper = Stepper(spec.rhs(p), u0, t0, t1, spec.method, spec.options, saveat=ts, record=True)
             s = stepper.run(stepper.resume(start, record_steps=size), size)
             r = backward_solve(spec, self, u0, ts, start.t, s.t, p, variables, s.y[0], stepper.dense_record(s), g_u,
@@ -255,10 +255,12 @@ class ContinuousAdjoint(SensitivityAlgorithm):
         a0, acc0 = _chained_start(u0, ts, t1, p, variables, g_u)
 
         def segment(i, a, acc, first):
-            dt = spec.options.dt if first else cp.steps[i]
-            res, _ = solve_segment(spec, cp.states[i], dt, cp.cuts[i], cp.cuts[i + 1], ts, p, record=True,
+            # gather, not a slice: under tf.vectorized_map (an ensemble's backward pass) i may differ per sample.
+            cut0, cut1 = tf.gather(cp.cuts, i), tf.gather(cp.cuts, i + 1)
+            dt = spec.options.dt if first else tf.gather(cp.steps, i)
+            res, _ = solve_segment(spec, tf.gather(cp.states, i), dt, cut0, cut1, ts, p, record=True,
                                    max_steps=segment_cap(spec, k))
-            r = backward_solve(spec, self, u0, ts, cp.cuts[i], cp.cuts[i + 1], p, variables, res.y1, res.record, g_u,
+            r = backward_solve(spec, self, u0, ts, cut0, cut1, p, variables, res.y1, res.record, g_u,
                                a_init=a, acc_init=acc, h_init=res.h)
             status = tf.where(tf.equal(res.status, 0), r.status, res.status)
             return r.du0, (list(r.dp), list(r.dvars)), status

@@ -78,8 +78,8 @@ def _quadrature(prob, method_b, rec_b, acc0):
     w = w / 2.0
 
     def body(j, acc):
-        t_j = rec_b.t[j]
-        h_j = rec_b.h[j]
+        t_j = tf.gather(rec_b.t, j)  # gather, not a slice: j may differ per vectorised sample
+        h_j = tf.gather(rec_b.h, j)
         nodes = t_j + h_j * tf.constant(x, dtype)  # [K]
         a_nodes = dense.interpolate(method_b, rec_b, nodes, -prob.direction)[0]
         u_nodes = dense.interpolate(spec.method, prob.record, nodes, prob.direction)[0]
