@@ -136,21 +136,13 @@ def solve(
         raise TypeError(f"solve() option(s) {wrong} apply to NonlinearProblem / SteadyStateProblem only")
     options = dict(saveat=saveat, dt=dt, rtol=rtol, atol=atol, max_steps=max_steps, dtmin=dtmin, dtmax=dtmax,
                    controller=controller, sensealg=sensealg, compile=compile)
-    retry = alg is None and dt is None and _is_default_max_steps(max_steps) and tf.executing_eagerly()
+    retry = may_retry_stiff(alg, dt, max_steps)
     sol = _solve_ode(prob, alg, throw=throw and not retry, **options)
-    if retry and int(sol.status) in _STIFF_SYMPTOMS:
-        # The default method ran out of steps (or of step size) with the
-        # default budget: the classic sign of a stiff problem. Solve it again
-        # with the stiff default, once, and say so.
+    if retry and looks_stiff(sol.status):
         stiff = Rodas5()
-        warnings.warn(
+        warn_solved_again(
             f"solve: the default method {sol.alg!r} stopped with status {int(sol.status)} "
-            f"({Status(int(sol.status)).name}) after {int(sol.stats['steps'])} steps; the problem looks stiff, so it "
-            f"was solved again with {stiff!r}. Pass alg=sensode.{stiff!r} to skip the first attempt (inside "
-            "tf.function there is no second attempt).",
-            StiffnessWarning,
-            stacklevel=2,
-        )
+            f"({Status(int(sol.status)).name}) after {int(sol.stats['steps'])} steps", stiff)
         sol = _solve_ode(prob, stiff, throw=throw, **options)
     elif retry and throw:
         raise_if_failed(sol.status, f"solve with {sol.alg!r}")
@@ -163,6 +155,34 @@ _STIFF_SYMPTOMS = (Status.MAX_STEPS, Status.DT_MIN)
 
 def _is_default_max_steps(max_steps) -> bool:
     return type(max_steps) is int and max_steps == DEFAULT_MAX_STEPS
+
+
+def may_retry_stiff(alg, dt, max_steps) -> bool:
+    """Whether a call may be solved again with the stiff default: eager, default method, ``dt`` and ``max_steps``."""
+    return alg is None and dt is None and _is_default_max_steps(max_steps) and tf.executing_eagerly()
+
+
+def looks_stiff(status) -> bool:
+    """Whether any of the statuses (a tensor or array) is one a stiff method may cure.
+
+    The default method ran out of steps (or of step size) with the default
+    budget: the classic sign of a stiff problem.
+    """
+    return bool(np.isin(np.asarray(status), _STIFF_SYMPTOMS).any())
+
+
+def warn_solved_again(what_happened: str, stiff) -> None:
+    """The `StiffnessWarning` of a call solved again with ``stiff``, pointing at the user's line.
+
+    Called from `solve` or `solve_ensemble`, both wrapped by AutoGraph's
+    ``do_not_convert``: the user's frame is three above this one.
+    """
+    warnings.warn(
+        f"{what_happened}; the problem looks stiff, so it was solved again with {stiff!r}. Pass "
+        f"alg=sensode.{stiff!r} to skip the first attempt (inside tf.function there is no second attempt).",
+        StiffnessWarning,
+        stacklevel=4,
+    )
 
 
 class StiffnessWarning(UserWarning):

@@ -13,7 +13,8 @@ import tensorflow as tf
 from . import tfcompat
 from .params import Params
 
-# The products below are vectorised with pfor, whose rule for tf.roll is wrong for a negative axis.
+# The products below (and ensembles of solves) are vectorised with pfor, whose rule for tf.roll is wrong for a
+# negative axis and which has none for tf.linalg.lu.
 tfcompat.fix_pfor_roll()
 tfcompat.add_pfor_lu()
 

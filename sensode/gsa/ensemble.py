@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -47,7 +46,7 @@ import tensorflow as tf
 
 import sensode as sd
 from sensode import tfcompat
-from sensode.api import _STIFF_SYMPTOMS, _is_default_max_steps, prepare_ode_solve
+from sensode.api import looks_stiff, may_retry_stiff, prepare_ode_solve, warn_solved_again
 from sensode.ode.batched import integrate_batched, resume_batched
 from sensode.ode.methods import ExplicitRK
 
@@ -479,26 +478,18 @@ def solve_ensemble(
                 sol = fn.resume(u0b, pb, t0, t1, ts, state)[0]
         else:
             sol = fn(u0b, pb, t0, t1, ts)
-        if alg is None and dt is None and _is_default_max_steps(max_steps) and np.isin(sol.status.numpy(),
-                                                                                        _STIFF_SYMPTOMS).any():
-            # As `sensode.solve` does: the default method gave up with the default budget on some sample, the
-            # sign of a stiff problem. Solve the whole ensemble again with the stiff default, once, and say so (the
-            # first attempt's outputs are dropped, so a tape differentiates only the second).
+        status = sol.status.numpy()
+        if may_retry_stiff(alg, dt, max_steps) and looks_stiff(status):
+            # As `sensode.solve` does: solve the whole ensemble again with the stiff default, once (the first
+            # attempt's outputs are dropped, so a tape differentiates only the second).
             stiff = sd.Rodas5()
-            status = sol.status.numpy()
-            warnings.warn(
+            warn_solved_again(
                 f"solve_ensemble: the default method stopped with status {sorted(set(status[status != 0].tolist()))} "
-                f"on {int(np.count_nonzero(status))} of {status.size} samples; the problem looks stiff, so the "
-                f"ensemble was solved again with {stiff!r}. Pass alg=sensode.{stiff!r} to skip the first attempt "
-                "(inside tf.function there is no second attempt).",
-                sd.StiffnessWarning,
-                stacklevel=2,
-            )
+                f"on {int(np.count_nonzero(status))} of {status.size} samples", stiff)
             return solve_ensemble(prob, u0, p, alg=stiff, saveat=saveat, rtol=rtol, atol=atol, max_steps=max_steps,
                                   dtmin=dtmin, dtmax=dtmax, sensealg=sensealg, stepping=stepping, vectorize=vectorize,
                                   compact=compact_given, throw=throw)
         if throw:
-            status = sol.status.numpy()
             bad = np.flatnonzero(status)
             if bad.size:
                 first = int(bad[0])

@@ -238,7 +238,8 @@ class ContinuousAdjoint(SensitivityAlgorithm):
         a0, acc0 = _chained_start(u0, ts, t1, p, variables, g_u)
 
         def chunk(j, a, acc, status):
-            start = tf.nest.map_structure(lambda b: tf.gather(b, j), aux.starts)  # gather: j may differ per vectorised sample
+            # gather, not a slice: under tf.vectorized_map (an ensemble's backward pass) j may differ per sample.
+            start = tf.nest.map_structure(lambda b: tf.gather(b, j), aux.starts)
             stepper = Stepper(spec.rhs(p), u0, t0, t1, spec.method, spec.options, saveat=ts, record=True)
             s = stepper.run(stepper.resume(start, record_steps=size), size)
             r = backward_solve(spec, self, u0, ts, start.t, s.t, p, variables, s.y[0], stepper.dense_record(s), g_u,

@@ -118,8 +118,9 @@ def segmented_forward(spec: Spec, u0, ts, t0, t1, p, k: int) -> Checkpoints:
     keys = tuple(res.stats)
 
     def body(i, u_saved, states, hs, stats, status):
-        res, inside = solve_segment(spec, tf.gather(states, i), tf.gather(hs, i), tf.gather(cuts, i), tf.gather(cuts, i + 1), ts, p,
-                                     max_steps=cap)
+        # gather, not a slice: under tf.vectorized_map i may differ per sample.
+        start, h, cut0, cut1 = (tf.gather(x, j) for x, j in ((states, i), (hs, i), (cuts, i), (cuts, i + 1)))
+        res, inside = solve_segment(spec, start, h, cut0, cut1, ts, p, max_steps=cap)
         states = tf.tensor_scatter_nd_update(states, [[i + 1]], res.y1[None])
         hs = tf.tensor_scatter_nd_update(hs, [[i + 1]], tf.abs(res.h)[None])
         stats = tuple(a + res.stats[key] for a, key in zip(stats, keys))

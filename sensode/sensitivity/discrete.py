@@ -126,7 +126,7 @@ class DiscreteAdjoint(SensitivityAlgorithm):
 
         def chunk(j, a, acc):
             """Re-run chunk ``j`` under a tape; pull ``a`` back to its start."""
-            start = tf.nest.map_structure(lambda b: tf.gather(b, j), aux.starts)  # gather: j may differ per vectorised sample
+            start = tf.nest.map_structure(lambda b: tf.gather(b, j), aux.starts)  # j may differ per vectorised sample
             leaves = params.float_leaves
             with tf.GradientTape(watch_accessed_variables=False) as tape, differentiated_jacobians():
                 tape.watch(start.y)
