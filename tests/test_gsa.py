@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import scipy.integrate
+import scipy.linalg
 import tensorflow as tf
 
 import sensode as sd
@@ -595,19 +596,69 @@ def test_multi_worker_strategy_splits_the_ensemble_across_two_processes():
 
 
 def test_eager_ensemble_gradients_vectorised_with_pfor_match_single_solves():
-    # Eagerly the backward pass vectorises each sample's adjoint solve with pfor, in which a sample's chunk index
-    # differs from the others': reading a chunk with a slice failed to trace ("expected to be loop invariant"),
-    # for InterpolatingAdjoint and QuadratureAdjoint (the same chunked backward pass; one is tested: 35 s of tracing).
+    # In a plain graph (here compile=False) the backward pass vectorises each sample's adjoint solve with pfor, in
+    # which a sample's chunk index differs from the others': reading a chunk with a slice failed to trace ("expected
+    # to be loop invariant"), for InterpolatingAdjoint and QuadratureAdjoint (the same chunked backward pass; one is
+    # tested: 35 s of tracing).
     sensealg = sd.InterpolatingAdjoint()
     p = _params(3, seed=2)
     pt = tf.constant(p)
     with tf.GradientTape() as tape:
         tape.watch(pt)
-        sol = gsa.solve_ensemble(LV, p=pt, sensealg=sensealg, **OPTS)
+        sol = gsa.solve_ensemble(LV, p=pt, sensealg=sensealg, compile=False, **OPTS)
         loss = tf.reduce_sum(sol.u[:, -1] ** 2)
     grad = tape.gradient(loss, pt).numpy()
     for i in range(3):
         np.testing.assert_allclose(grad[i], _single_final_grad(p[i], sensealg), rtol=1e-8)
+
+
+def test_eager_ensemble_runs_xla_compiled_unless_compile_false():
+    # Eager calls run cached XLA programs (a plain graph ran Lotka-Volterra ensembles ~30x slower); compile=False
+    # and vectorize="pfor" (not XLA-compilable) keep a plain graph. Same values either way.
+    p = tf.constant(_params(3, seed=4))
+    cache = gsa.ensemble._EAGER_CACHE
+    cache.clear()
+    with tf.GradientTape() as tape:
+        tape.watch(p)
+        sol = gsa.solve_ensemble(LV, p=p, sensealg=sd.BacksolveAdjoint(), **OPTS)
+        loss = tf.reduce_sum(sol.u[:, -1] ** 2)
+    np.testing.assert_allclose(tape.gradient(loss, p).numpy()[1], _single_final_grad(p[1].numpy(), sd.BacksolveAdjoint()),
+                               rtol=1e-8)
+    staged = [gsa.solve_ensemble(LV, p=p, compile=c, **OPTS).u.numpy() for c in (True, False)]  # no tape: staged
+    jit = sorted((getattr(fn, "start", fn)._jit_compile, type(fn).__name__) for fn in cache.values())
+    assert jit == [(False, "_Staged"), (True, "Function"), (True, "_Staged")], jit
+    np.testing.assert_allclose(staged[0], staged[1], rtol=1e-10)
+    np.testing.assert_allclose(staged[0], sol.u.numpy(), rtol=1e-10)
+    with pytest.raises(TypeError, match="`compile` must be"):
+        gsa.solve_ensemble(LV, p=p, compile="yes", **OPTS)
+
+
+@pytest.mark.parametrize("compile_", [True, False], ids=["xla", "graph"])
+def test_ensemble_gradient_reaches_variables_read_by_f(compile_):
+    # u' = p W u with W a tf.Variable read inside f (a Keras-style weight): d sum_b |u_b(t1)|^2 / dW against central
+    # differences of expm. In a plain graph the backward pass vectorised the adjoint solves with pfor, which failed on
+    # the loop's variable handle ("Required handle data not set"); it maps them now when variables are read.
+    w0 = np.array([[-0.5, 1.0], [-1.0, -0.3]])
+    w = tf.Variable(w0)
+    prob = sd.ODEProblem(lambda t, u, p: p[0] * tf.linalg.matvec(w, u), tf.constant([1.0, 0.0], tf.float64), (0.0, 2.0),
+                         tf.constant([1.0], tf.float64))
+    scales = np.array([1.0, 0.5])
+    with tf.GradientTape() as tape:
+        sol = gsa.solve_ensemble(prob, p=scales[:, None], sensealg=sd.BacksolveAdjoint(), rtol=1e-10, atol=1e-12,
+                                 compile=compile_)
+        loss = tf.reduce_sum(sol.u[:, -1] ** 2)
+    grad = tape.gradient(loss, w).numpy()
+
+    def ref_loss(m):
+        return sum(np.sum((scipy.linalg.expm(m * s * 2.0) @ [1.0, 0.0]) ** 2) for s in scales)
+
+    ref = np.zeros((2, 2))
+    for i in range(2):
+        for j in range(2):
+            e = np.zeros((2, 2))
+            e[i, j] = 1e-6
+            ref[i, j] = (ref_loss(w0 + e) - ref_loss(w0 - e)) / 2e-6
+    np.testing.assert_allclose(grad, ref, rtol=1e-7)
 
 
 def _radau_robertson(k, ts):
