@@ -530,6 +530,12 @@ _MIRRORED = textwrap.dedent(
     assert sol.u.shape == (6, 6, 2), sol.u.shape
     np.testing.assert_allclose(sol.u, ref.u, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(sol.stats["steps"], ref.stats["steps"])
+    # A second call with new values runs the cached program (XLA per replica): no new trace.
+    again = gsa.solve_ensemble_distributed(strategy, prob, p=p * 1.01, saveat=ts, rtol=1e-6, atol=1e-8)
+    (_, run), = gsa.distributed._CACHE.values()
+    assert run.experimental_get_tracing_count() == 1, run.experimental_get_tracing_count()
+    np.testing.assert_allclose(again.u, gsa.solve_ensemble(prob, p=p * 1.01, saveat=ts, rtol=1e-6, atol=1e-8).u,
+                               rtol=1e-12, atol=1e-12)
     print("OK")
     """
 )

@@ -17,6 +17,20 @@ from .ensemble import STAT_KEYS, EnsembleSolution, batch_inputs, solve_ensemble
 
 __all__ = ["solve_ensemble_distributed"]
 
+_CACHE: dict = {}
+
+
+def _value_key(x):
+    """A hashable key of an option's value (tensors and arrays by their bytes)."""
+    if isinstance(x, (list, tuple)):
+        return tuple(_value_key(v) for v in x)
+    if tf.is_tensor(x) or isinstance(x, np.ndarray):
+        a = np.asarray(x)
+        return (a.dtype.str, a.shape, a.tobytes())
+    if isinstance(x, (bool, int, float, str, type(None))):
+        return (type(x).__name__, x)
+    return repr(x)  # methods, sensitivity algorithms: by their settings, as solve_ensemble's own cache
+
 
 def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> EnsembleSolution:
     """`solve_ensemble` with the samples split across ``strategy``'s replicas.
@@ -28,7 +42,9 @@ def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> En
         of the number of replicas with copies of the last sample, then
         trimmed).
       **options: the keyword options of `solve_ensemble` except ``throw``:
-        failed samples have NaN rows and a non-zero status.
+        failed samples have NaN rows and a non-zero status. With
+        ``compile=True`` (default) each replica runs its shard as one
+        XLA-compiled program.
 
     Returns:
       `EnsembleSolution` (eager tensors, on the host).
@@ -55,15 +71,28 @@ def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> En
 
     values = strategy.experimental_distribute_values_from_function(shard_for)
 
-    @tf.function(autograph=False)
-    def run(values):
+    # Each replica's shard as one XLA program, as an eager `solve_ensemble` runs (``compile``, default True), cached
+    # so that a second call with the same problem and options runs it without tracing again.
+    jit = bool(options.pop("compile", True)) and options.get("vectorize", "auto") != "pfor"
+    key = (id(strategy), prob.f, _value_key(prob.tspan), jit, tf.nest.map_structure(lambda x: None, pb),
+           tuple(sorted((k, _value_key(v)) for k, v in options.items())))
+    entry = _CACHE.get(key)
+    if entry is None or entry[0] is not strategy:
+        if len(_CACHE) >= 16:
+            _CACHE.clear()
+
+        @tf.function(autograph=False, jit_compile=jit)
         def replica_fn(values):
             u0s, ps = values[0], tf.nest.pack_sequence_as(pb, values[1:])
             sol = solve_ensemble(prob, u0s, ps, throw=False, **options)
             return (sol.u, sol.status) + tuple(sol.stats[k] for k in STAT_KEYS), sol.t
 
-        return strategy.run(replica_fn, args=(values,))
+        @tf.function(autograph=False)
+        def run(values):
+            return strategy.run(replica_fn, args=(values,))
 
+        entry = _CACHE[key] = (strategy, run)
+    run = entry[1]
     outs, t = run(values)
     t = strategy.experimental_local_results(t)[0]
     local = [strategy.experimental_local_results(x) for x in outs]
