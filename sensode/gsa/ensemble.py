@@ -153,12 +153,17 @@ def batch_inputs(prob, u0, p):
     # Static B when known; otherwise from the first given input.
     first = u0 if u0 is not None else tf.nest.flatten(p)[0]
     batch = known.pop() if known else tf.shape(first)[0]
+
+    def tile(x):  # [B, *x.shape]; a static shape where known (one op instead of three in eager calls)
+        x = tf.convert_to_tensor(x)
+        if isinstance(batch, int) and x.shape.is_fully_defined():
+            return tf.broadcast_to(x, [batch] + x.shape.as_list())
+        return tf.broadcast_to(x, tf.concat([[batch], tf.shape(x)], 0))
+
     if u0 is None:
-        u0 = tf.broadcast_to(prob.u0, tf.concat([[batch], tf.shape(prob.u0)], 0))
+        u0 = tile(prob.u0)
     if p is None:
-        p = tf.nest.map_structure(
-            lambda x: tf.broadcast_to(x, tf.concat([[batch], tf.shape(x)], 0)), tf.nest.map_structure(tf.convert_to_tensor, prob.p)
-        )
+        p = tf.nest.map_structure(tile, prob.p)
     return u0, p
 
 
