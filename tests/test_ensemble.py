@@ -11,7 +11,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import scipy.integrate
 import tensorflow as tf
 
 import sensode as sd
