@@ -130,7 +130,8 @@ def solve(
         if wrong:
             raise TypeError(f"solve() option(s) {wrong} apply to ODEProblem only, not {type(prob).__name__}")
         extra = {} if max_iters is None else {"max_iters": max_iters}
-        return solve_nonlinear(prob, alg, abstol=abstol, reltol=reltol, sensealg=sensealg, throw=throw, **extra)
+        return solve_nonlinear(prob, alg, abstol=abstol, reltol=reltol, sensealg=sensealg, throw=throw,
+                               compile=compile, **extra)
     wrong = [k for k, v in dict(abstol=abstol, reltol=reltol, max_iters=max_iters).items() if v is not None]
     if wrong:
         raise TypeError(f"solve() option(s) {wrong} apply to NonlinearProblem / SteadyStateProblem only")

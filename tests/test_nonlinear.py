@@ -473,3 +473,29 @@ def test_invalid_inputs():
     # The ODE path still rejects nonlinear options.
     with pytest.raises(TypeError):
         so.solve(so.ODEProblem(lambda t, u, p: -u, tf.ones(1), (0.0, 1.0)), max_iters=3)
+
+
+def test_eager_calls_reuse_one_compiled_function():
+    # Called eagerly, the iterations and the backward solve run as cached XLA functions: a second call with new
+    # values traces nothing (each call traced a new graph before: ~0.5 s per 3-unknown solve, ~1 ms now).
+    from sensode.nonlinear import implicit
+
+    def f(u, p):
+        return u**3 + p[0] * u - p[1]
+
+    implicit._COMPILED.clear()
+    u0 = tf.constant([1.0, 2.0, 0.5], tf.float64)
+    for a, b in [(2.0, 3.0), (1.0, 2.0), (3.0, 4.0)]:  # root u = 1 for each
+        p = tf.constant([a, b], tf.float64)
+        with tf.GradientTape() as tape:
+            tape.watch(p)
+            u = so.solve(so.NonlinearProblem(f, u0, p)).u
+            loss = tf.reduce_sum(u)
+        np.testing.assert_allclose(u.numpy(), 1.0, rtol=1e-9)
+        # du/da = -u / (3 u^2 + a), du/db = 1 / (3 u^2 + a), summed over the three rows
+        np.testing.assert_allclose(tape.gradient(loss, p).numpy(), [-3.0 / (3.0 + a), 3.0 / (3.0 + a)], rtol=1e-8)
+    functions = list(implicit._COMPILED.items())
+    assert [k[1] for k, _ in functions] == [True, True]  # compiled: the forward iterations and the adjoint VJP
+    assert all(fn.experimental_get_tracing_count() == 1 for _, fn in functions)
+    so.solve(so.NonlinearProblem(f, u0, p), compile=False)
+    assert sum(not k[1] for k in implicit._COMPILED) == 1
