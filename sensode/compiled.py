@@ -69,6 +69,8 @@ def _leaf_signature(x):
             return ("tensor-value", x.dtype.name, tuple(x.shape.as_list()), x.numpy().tobytes())
         return ("tensor", x.dtype.name, tuple(x.shape.as_list()))
     if isinstance(x, np.ndarray):
+        if x.dtype.kind == "f":  # a differentiable leaf (`Params`): an input of the function, like a tensor
+            return ("tensor", tf.as_dtype(x.dtype).name, x.shape)
         return ("array", x.dtype.str, x.shape, x.tobytes())
     try:
         hash(x)
@@ -78,7 +80,12 @@ def _leaf_signature(x):
 
 
 def signature(*parts) -> tuple:
-    """A hashable key of nests: tensors by dtype and shape, other leaves by value.
+    """A hashable key of nests: tensors and floating arrays by dtype and shape, other leaves by value.
+
+    Floating arrays are keyed like tensors because they are the differentiable
+    leaves of ``p`` (`sensode.params.Params`), passed to the compiled function
+    as arguments: keyed by value, every new NumPy parameter vector compiled
+    again (1.2 s a call for Lotka--Volterra).
 
     Nests are flattened with their structure (dict keys included), so two
     parameter nests with the same shapes but different keys differ.

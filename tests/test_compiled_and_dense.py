@@ -227,6 +227,19 @@ def test_eager_calls_with_a_new_state_shape_compile_again():
         np.testing.assert_allclose(sol.u.numpy(), expected, rtol=1e-8, atol=1e-12)
 
 
+
+def test_new_numpy_parameter_values_reuse_the_compiled_function():
+    # A NumPy parameter vector is a differentiable input: a new value must run the same program (every new value
+    # compiled again, 1.2 s a call, when arrays were keyed by their bytes), with its own result.
+    from sensode import compiled
+
+    compiled._CACHE.clear()
+    prob = sd.ODEProblem(lambda t, u, p: -p[0] * u + p[1], tf.constant([1.0, -2.0], F64), (0.0, 2.0), np.array([0.7, 0.0]))
+    for k in (0.7, 1.3, 0.2):
+        sol = sd.solve(prob.remake(p=np.array([k, 0.0])), sd.Tsit5(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sol.u.numpy()[-1], np.array([1.0, -2.0]) * np.exp(-2.0 * k), rtol=1e-8)
+    assert len(compiled._CACHE) == 1
+
 # As the command lines do it: --xla_cache read before absl starts (enabling it
 # inside main, after absl's start-up, is too late in TensorFlow 2.21).
 _CACHE_SCRIPT = """

@@ -497,5 +497,10 @@ def test_eager_calls_reuse_one_compiled_function():
     functions = list(implicit._COMPILED.items())
     assert [k[1] for k, _ in functions] == [True, True]  # compiled: the forward iterations and the adjoint VJP
     assert all(fn.experimental_get_tracing_count() == 1 for _, fn in functions)
+    # A NumPy parameter vector is an input too: new values (and the array in place of the tensor) reuse the function.
+    for a in (1.5, 2.5):
+        u = so.solve(so.NonlinearProblem(f, u0, np.array([a, 1.0 + a]))).u
+        np.testing.assert_allclose(u.numpy(), 1.0, rtol=1e-9)
+    assert len(implicit._COMPILED) == 2 and all(fn.experimental_get_tracing_count() == 1 for fn in implicit._COMPILED.values())
     so.solve(so.NonlinearProblem(f, u0, p), compile=False)
     assert sum(not k[1] for k in implicit._COMPILED) == 1
