@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from . import tfcompat
 
-__all__ = ["cached_function", "signature", "fast_call", "Compiled", "FastCall", "MAX_ENTRIES"]
+__all__ = ["cached_function", "signature", "value_key", "fast_call", "Compiled", "FastCall", "MAX_ENTRIES"]
 
 MAX_ENTRIES = 64
 _CACHE: "collections.OrderedDict[Any, Compiled]" = collections.OrderedDict()
@@ -77,6 +77,23 @@ def _leaf_signature(x):
     except TypeError:
         return ("object", id(x))
     return ("value", type(x).__name__, x)
+
+
+def value_key(x):
+    """A hashable key of a setting that a traced function captures by value.
+
+    Tensors and arrays by their bytes, numbers and strings as they are,
+    lists / tuples element-wise, anything else (methods, sensitivity
+    algorithms) by its ``repr``, which names its settings.
+    """
+    if isinstance(x, (list, tuple)):
+        return tuple(value_key(v) for v in x)
+    if tf.is_tensor(x) or isinstance(x, np.ndarray):
+        a = np.asarray(x)
+        return (a.dtype.str, a.shape, a.tobytes())
+    if isinstance(x, (bool, int, float, str, type(None))):
+        return (type(x).__name__, x)
+    return repr(x)
 
 
 def signature(*parts) -> tuple:

@@ -13,23 +13,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from ..compiled import value_key
 from .ensemble import STAT_KEYS, EnsembleSolution, batch_inputs, solve_ensemble
 
 __all__ = ["solve_ensemble_distributed"]
 
 _CACHE: dict = {}
-
-
-def _value_key(x):
-    """A hashable key of an option's value (tensors and arrays by their bytes)."""
-    if isinstance(x, (list, tuple)):
-        return tuple(_value_key(v) for v in x)
-    if tf.is_tensor(x) or isinstance(x, np.ndarray):
-        a = np.asarray(x)
-        return (a.dtype.str, a.shape, a.tobytes())
-    if isinstance(x, (bool, int, float, str, type(None))):
-        return (type(x).__name__, x)
-    return repr(x)  # methods, sensitivity algorithms: by their settings, as solve_ensemble's own cache
 
 
 def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> EnsembleSolution:
@@ -74,8 +63,8 @@ def solve_ensemble_distributed(strategy, prob, u0=None, p=None, **options) -> En
     # Each replica's shard as one XLA program, as an eager `solve_ensemble` runs (``compile``, default True), cached
     # so that a second call with the same problem and options runs it without tracing again.
     jit = bool(options.pop("compile", True)) and options.get("vectorize", "auto") != "pfor"
-    key = (id(strategy), prob.f, _value_key(prob.tspan), jit, tf.nest.map_structure(lambda x: None, pb),
-           tuple(sorted((k, _value_key(v)) for k, v in options.items())))
+    key = (id(strategy), prob.f, value_key(prob.tspan), jit, tf.nest.map_structure(lambda x: None, pb),
+           tuple(sorted((k, value_key(v)) for k, v in options.items())))
     entry = _CACHE.get(key)
     if entry is None or entry[0] is not strategy:
         if len(_CACHE) >= 16:

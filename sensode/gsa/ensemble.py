@@ -51,6 +51,7 @@ import tensorflow as tf
 import sensode as sd
 from sensode import tfcompat
 from sensode.api import looks_stiff, may_retry_stiff, prepare_ode_solve, warn_solved_again
+from sensode.compiled import value_key
 from sensode.ode.batched import integrate_batched, resume_batched
 from sensode.ode.methods import ExplicitRK
 
@@ -486,14 +487,14 @@ def solve_ensemble(
     if tf.executing_eagerly():
         jit = bool(compile) and vectorize != "pfor"  # pfor's converted loops are not XLA-compilable
         key = (prob.f, repr(alg), repr(sensealg), stepping, vectorize, "staged" if staged else compact, jit,
-               repr(sorted((k, repr(v)) for k, v in solve_opts.items())))
+               tuple(sorted((k, value_key(v)) for k, v in solve_opts.items())))
         fn = _EAGER_CACHE.get(key)
         if fn is None:
             if len(_EAGER_CACHE) > 32:
                 _EAGER_CACHE.clear()
             if staged:
-                fn = _Staged(start=tf.function(lambda *args: staged_body(*args, None), autograph=False, jit_compile=jit),
-                             resume=tf.function(staged_body, autograph=False, jit_compile=jit))
+                start = tf.function(lambda *args: staged_body(*args, None), autograph=False, jit_compile=jit)
+                fn = _Staged(start=start, resume=tf.function(staged_body, autograph=False, jit_compile=jit))
             else:
                 fn = tf.function(body, autograph=False, jit_compile=jit)
             _EAGER_CACHE[key] = fn

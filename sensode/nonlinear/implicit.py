@@ -100,14 +100,6 @@ def _graph_if_eager(fn, key=None, compile=True):
     return call
 
 
-def _value_key(x):
-    """A hashable key of a tolerance (a number, or an eager tensor / array by its bytes)."""
-    if tf.is_tensor(x) or isinstance(x, np.ndarray):
-        a = np.asarray(x)
-        return (a.dtype.str, a.shape, a.tobytes())
-    return (type(x).__name__, x)
-
-
 def _validated(prob, alg, sensealg, abstol, reltol, max_iters):
     """Check `solve_nonlinear`'s inputs (raising, naming the argument).
 
@@ -224,8 +216,8 @@ def solve_nonlinear(
     # What the traced closures below capture besides their tensor arguments: calls with an equal key share them.
     key = None
     if tf.executing_eagerly():
-        key = (type(prob), prob.f, repr(alg), _value_key(abstol), _value_key(reltol), max_iters, tuple(dims),
-               dtype.name, _compiled.signature(prob.p))
+        key = (type(prob), prob.f, repr(alg), _compiled.value_key(abstol), _compiled.value_key(reltol), max_iters,
+               tuple(dims), dtype.name, _compiled.signature(prob.p))
     # Reading a variable leaf here puts the read on the caller's tape, so its
     # gradient flows back to the variable through the custom gradient below.
     diff_leaves = [tf.cast(x, dtype) for x in params.float_leaves]
